@@ -1,0 +1,33 @@
+"""One root error for everything the worker raises on purpose.
+
+Callers catch `WorkerError` at the edge (the CLI turns it into one line and an exit
+code); the subclasses say which part of the system refused.
+"""
+
+
+class WorkerError(Exception):
+    """Root of every error the worker raises deliberately."""
+
+
+class ConfigError(WorkerError):
+    """Bad configuration: unknown key, invalid value, missing topic. CLI exit code 2."""
+
+
+class SpecError(ConfigError):
+    """A model or detector spec that the safe parser refuses."""
+
+
+class SnapshotError(WorkerError):
+    """A snapshot that is unsigned, tampered with, foreign or unreadable."""
+
+
+class BadInputError(WorkerError):
+    """An input message that cannot be processed; it goes to the dead-letter topic."""
+
+
+class CommandRejected(WorkerError):
+    """A control command that is invalid or stale; answered with `command_rejected`."""
+
+
+class DuplicateIdError(BadInputError):
+    """An event (or label) whose ``id`` is still pending: refused, dead-lettered."""
