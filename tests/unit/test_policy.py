@@ -331,8 +331,8 @@ def test_zero_one_loss():
 
 def test_policy_config_defaults():
     c = PolicyConfig()
-    assert (c.alpha, c.margin, c.min_labels, c.max_labels) == (0.05, 0.0, 200, 20000)
-    assert (c.cooldown, c.probation, c.grace, c.loss) == (500, 1000, 300, "zero_one")
+    assert (c.alpha, c.margin, c.min_labels, c.max_labels) == (0.05, 0.0, 100, 20000)
+    assert (c.cooldown, c.probation, c.grace, c.loss) == (100, 1000, 300, "zero_one")
     t = c.new_test()
     assert (t.alpha, t.margin, t.n) == (0.05, 0.0, 0)
     with pytest.raises(AttributeError):
@@ -359,7 +359,7 @@ def test_policy_config_validation(kwargs):
 
 # -- decision rules ----------------------------------------------------------------------
 
-CFG = PolicyConfig()
+CFG = PolicyConfig(min_labels=200, cooldown=500)  # explicit: the rule tests use these counts
 
 
 def strong_test(n: int = 300) -> PairedTest:

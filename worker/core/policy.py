@@ -313,9 +313,9 @@ class PolicyConfig:
 
     alpha: float = 0.05
     margin: float = 0.0
-    min_labels: int = 200
+    min_labels: int = 100
     max_labels: int = 20000
-    cooldown: int = 500
+    cooldown: int = 100
     probation: int = 1000
     grace: int = 300
     loss: Literal["zero_one"] = "zero_one"

@@ -1,0 +1,265 @@
+"""Settings: topic names, validation, the librdkafka dicts, precedence, TOML and --kafka-config."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from worker.errors import ConfigError
+from worker.settings import (
+    MAX_MESSAGE_BYTES,
+    KafkaSettings,
+    TopicNames,
+    check_keys,
+    load_toml,
+    parse_kafka_config,
+)
+
+ALL_DEFAULT = ["events", "labels", "predictions", "control", "models", "worker-state", "events.dlq"]
+
+
+def settings(**kw) -> KafkaSettings:
+    return KafkaSettings(**({"bootstrap": "127.0.0.1:9092", "group": "fraud"} | kw))
+
+
+# ----------------------------------------------------------------------------- topic names
+
+
+def test_topic_names_default_and_prefixed():
+    assert TopicNames().all() == ALL_DEFAULT
+    assert TopicNames.from_prefix("").all() == ALL_DEFAULT
+    names = TopicNames.from_prefix("shop.")
+    assert names.all() == [f"shop.{n}" for n in ALL_DEFAULT]
+    assert (names.worker_state, names.dlq, names.control) == (
+        "shop.worker-state",
+        "shop.events.dlq",
+        "shop.control",
+    )
+
+
+@pytest.mark.parametrize("prefix", ["bad prefix", "a/b", "ü", "x" * 240])
+def test_topic_prefix_that_gives_illegal_names_is_refused(prefix):
+    with pytest.raises(ConfigError, match="topic_prefix"):
+        TopicNames.from_prefix(prefix)
+    with pytest.raises(ConfigError, match="topic_prefix"):
+        settings(topic_prefix=prefix)
+
+
+def test_settings_topics_follow_the_prefix():
+    assert settings(topic_prefix="t-1-").topics == TopicNames.from_prefix("t-1-")
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def test_consumer_config():
+    c = settings().consumer_config()
+    assert c["bootstrap.servers"] == "127.0.0.1:9092"
+    assert c["group.id"] == "fraud"
+    assert c["enable.auto.commit"] is False
+    assert c["isolation.level"] == "read_committed"
+    assert c["auto.offset.reset"] == "earliest"
+    assert c["enable.partition.eof"] is False
+    assert "transactional.id" not in c
+
+
+def test_producer_config_exactly_once_is_transactional_with_a_stable_id():
+    s = settings(transaction_timeout_ms=30000)
+    p = s.producer_config()
+    assert p["transactional.id"] == "worker-fraud" == s.transactional_id
+    assert settings().producer_config()["transactional.id"] == "worker-fraud", "stable per group"
+    assert p["enable.idempotence"] is True
+    assert p["transaction.timeout.ms"] == 30000
+    assert 0 < p["message.timeout.ms"] < 30000
+    assert p["linger.ms"] <= 10
+    assert p["retry.backoff.ms"] < 100, "librdkafka's default stalls back-to-back transactions"
+    assert p["message.max.bytes"] == MAX_MESSAGE_BYTES
+
+
+def test_producer_config_at_least_once_has_no_transactions():
+    s = settings(guarantee="at_least_once")
+    p = s.producer_config()
+    assert s.transactional_id is None
+    assert "transactional.id" not in p and "transaction.timeout.ms" not in p
+    assert p["enable.idempotence"] is True
+    assert s.consumer_config()["enable.auto.commit"] is False
+
+
+def test_admin_config():
+    a = settings().admin_config()
+    assert a["bootstrap.servers"] == "127.0.0.1:9092"
+    assert not {"group.id", "transactional.id", "enable.auto.commit"} & set(a)
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_librdkafka_accepts_every_dict(guarantee):
+    """librdkafka checks names, ranges and their consistency (message vs transaction timeout)."""
+    quiet = logging.getLogger("test.settings.librdkafka")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    s = settings(bootstrap="127.0.0.1:1", guarantee=guarantee, extra={"socket.keepalive.enable": True})
+    Producer({**s.producer_config(), "logger": quiet})
+    Consumer({**s.consumer_config(), "logger": quiet}).close()
+    AdminClient({**s.admin_config(), "logger": quiet})
+
+
+# ----------------------------------------------------------------------------- extra: precedence, refusal
+
+
+def test_extra_merges_into_every_dict_and_wins_over_defaults():
+    extra = {"security.protocol": "SASL_SSL", "linger.ms": "50", "auto.offset.reset": "latest"}
+    s = settings(extra=extra)
+    for config in (s.consumer_config(), s.producer_config(), s.admin_config()):
+        assert config["security.protocol"] == "SASL_SSL"
+    assert s.producer_config()["linger.ms"] == "50"
+    assert s.consumer_config()["auto.offset.reset"] == "latest"
+
+
+def test_extra_values_become_strings_and_are_frozen():
+    source = {"socket.keepalive.enable": True, "socket.timeout.ms": 5000}
+    s = settings(extra=source)
+    assert dict(s.extra) == {"socket.keepalive.enable": "true", "socket.timeout.ms": "5000"}
+    source["later"] = "x"
+    assert "later" not in s.extra, "the settings hold a copy"
+    with pytest.raises(TypeError):
+        s.extra["x"] = "y"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.group = "other"  # type: ignore[misc]
+    assert settings(extra=source) == settings(extra=dict(source)), "equality compares extra"
+    hash(s)
+
+
+@pytest.mark.parametrize(
+    "key", ["enable.auto.commit", "transactional.id", "isolation.level", "enable.idempotence"]
+)
+def test_exactly_once_refuses_to_override_the_keys_it_needs(key):
+    with pytest.raises(ConfigError, match=f"'{key}' cannot be overridden"):
+        settings(extra={key: "x"})
+
+
+def test_at_least_once_allows_isolation_level_but_not_auto_commit():
+    s = settings(guarantee="at_least_once", extra={"isolation.level": "read_uncommitted"})
+    assert s.consumer_config()["isolation.level"] == "read_uncommitted"
+    with pytest.raises(ConfigError, match="enable.auto.commit"):
+        settings(guarantee="at_least_once", extra={"enable.auto.commit": "true"})
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("bootstrap.servers", "bootstrap"),
+        ("group.id", "group"),
+        ("transaction.timeout.ms", "transaction_timeout_ms"),
+    ],
+)
+def test_keys_with_their_own_setting_are_refused_in_extra(key, hint):
+    with pytest.raises(ConfigError, match=f"'{key}'.*{hint}"):
+        settings(extra={key: "x"})
+
+
+@pytest.mark.parametrize("extra", [{"": "x"}, {" a": "x"}, {"a": ["list"]}, {"a": None}, ["a=b"]])
+def test_malformed_extra_is_refused(extra):
+    with pytest.raises(ConfigError):
+        settings(extra=extra)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("kw", "key"),
+    [
+        ({"bootstrap": ""}, "bootstrap"),
+        ({"bootstrap": "a:9092,,b:9092"}, "bootstrap"),
+        ({"bootstrap": "host:port"}, "port"),
+        ({"bootstrap": "host:70000"}, "port"),
+        ({"group": ""}, "group"),
+        ({"group": " g"}, "group"),
+        ({"guarantee": "exactly-once"}, "guarantee"),
+        ({"commit_interval_ms": 0}, "commit_interval_ms"),
+        ({"commit_interval_ms": 1.5}, "commit_interval_ms"),
+        ({"commit_interval_ms": True}, "commit_interval_ms"),
+        ({"commit_interval_ms": 60000}, "commit_interval_ms"),
+        ({"snapshot_interval_s": 0}, "snapshot_interval_s"),
+        ({"snapshot_interval_s": float("nan")}, "snapshot_interval_s"),
+        ({"snapshot_interval_s": "10"}, "snapshot_interval_s"),
+        ({"transaction_timeout_ms": 999}, "transaction_timeout_ms"),
+    ],
+)
+def test_invalid_values_raise_one_line_naming_the_key(kw, key):
+    with pytest.raises(ConfigError, match=key) as info:
+        settings(**kw)
+    assert "\n" not in str(info.value)
+
+
+def test_valid_variants_are_accepted():
+    s = settings(bootstrap="b1:9092, b2:9093,SASL_SSL://b3:9094", snapshot_interval_s=1, commit_interval_ms=1)
+    assert s.snapshot_interval_s == 1
+    assert settings().commit_interval_ms == 100 and settings().guarantee == "exactly_once"
+
+
+# ----------------------------------------------------------------------------- --kafka-config
+
+
+def test_parse_kafka_config():
+    pairs = ["security.protocol=SASL_SSL", "sasl.password=p=w", "linger.ms=1", "linger.ms=2", " a.b =", "c="]
+    assert parse_kafka_config(pairs) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.password": "p=w",
+        "linger.ms": "2",
+        "a.b": "",
+        "c": "",
+    }
+    assert parse_kafka_config([]) == {}
+
+
+@pytest.mark.parametrize("pair", ["novalue", "=x", " =x", "a b=c", ""])
+def test_parse_kafka_config_refuses_malformed_pairs(pair):
+    with pytest.raises(ConfigError, match="--kafka-config expects key=value"):
+        parse_kafka_config([pair])
+
+
+# ----------------------------------------------------------------------------- TOML
+
+
+def test_load_toml(tmp_path):
+    path = tmp_path / "worker.toml"
+    path.write_text('[run]\nbootstrap = "k:9092"\npartitions = 3\n[kafka]\n"security.protocol" = "SSL"\n')
+    assert load_toml(path) == {
+        "run": {"bootstrap": "k:9092", "partitions": 3},
+        "kafka": {"security.protocol": "SSL"},
+    }
+    assert load_toml(str(path))["run"]["partitions"] == 3
+
+
+def test_load_toml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_toml(tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nx = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_toml(bad)
+    assert "bad.toml" in str(info.value)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b'x = "\xff\xfe"\n')
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_toml(binary)
+
+
+def test_check_keys():
+    check_keys({"bootstrap": 1, "group": 2}, {"bootstrap", "group", "partitions"}, "[run]")
+    check_keys({}, set(), "[run]")
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'bootstap' in \[run\] \(did you mean 'bootstrap'\?\)"
+    ):
+        check_keys({"bootstap": 1}, {"bootstrap", "group"}, "[run]")
+    with pytest.raises(ConfigError, match=r"unknown key 'zzz' in \[control\] \(allowed: group, reason\)"):
+        check_keys({"zzz": 1}, ["reason", "group"], "[control]")
+    with pytest.raises(ConfigError, match=r"\[run\] must be a table"):
+        check_keys("text", {"a"}, "[run]")

@@ -1,0 +1,110 @@
+"""The engine's settings: one frozen object, validated once, handed to the engine.
+
+The CLI builds it from flags, `WORKER_*` variables and the `[engine]` / `[policy]`
+tables of a TOML file (:meth:`EngineConfig.from_mapping`); nothing inside the engine
+reads the environment.
+
+>>> config = EngineConfig.from_mapping({"warmup_labels": 100, "policy": {"alpha": 0.01}})
+>>> config.warmup_labels, config.policy.alpha, config.challenger_init
+(100, 0.01, 'copy')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from worker.core.modelspec import parse_detector, validate_model
+from worker.core.policy import PolicyConfig
+from worker.errors import ConfigError
+
+DEFAULT_SPEC = "preprocessing.StandardScaler | linear_model.LogisticRegression"
+DEFAULT_DETECTOR = "drift.ADWIN"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the champion/challenger engine does (ARCHITECTURE.md §3).
+
+    - ``champion``: spec of version 1; ``challenger``: spec of every challenger
+      created fresh (default: the champion's spec).
+    - ``challenger_init``: ``"fresh"`` builds each challenger untrained from its spec;
+      ``"copy"`` takes a trained copy of the champion (``copy.deepcopy``). Default:
+      ``"fresh"`` when a challenger spec is given, else ``"copy"``.
+    - ``warmup_labels``: version 1 learns while it serves until this many labelled
+      events, then it is frozen and the first challenger is created.
+    - ``champion_learns``: keep the champion learning after the warm-up too.
+    - ``mode``: ``"auto"`` (the policy promotes, rolls back and resets) or
+      ``"manual"`` (only operators' commands change roles).
+    - ``detector``: spec of the drift detector run on each model's 0/1 errors.
+    - ``window`` / ``fading``: the sliding window and fading factor of the metrics.
+    - ``pending_max`` / ``pending_ttl``: bounds of the buffers that hold predictions
+      waiting for a label and labels waiting for their event; the age is in seconds
+      of event time when events carry ``ts``, else in events.
+    - ``retain_versions``: former champions kept in memory for ``rollback``.
+    """
+
+    champion: str = DEFAULT_SPEC
+    challenger: str | None = None
+    challenger_init: str | None = None
+    warmup_labels: int = 500
+    champion_learns: bool = False
+    mode: str = "auto"
+    detector: str = DEFAULT_DETECTOR
+    window: int = 1000
+    fading: float = 0.999
+    pending_max: int = 100_000
+    pending_ttl: float = 86_400.0
+    retain_versions: int = 10
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self) -> None:
+        validate_model(self.champion)
+        if self.challenger is not None:
+            validate_model(self.challenger)
+        parse_detector(self.detector)
+        if self.challenger_init is None:
+            object.__setattr__(self, "challenger_init", "copy" if self.challenger is None else "fresh")
+        _one_of("challenger_init", self.challenger_init, ("fresh", "copy"))
+        _one_of("mode", self.mode, ("auto", "manual"))
+        for name in ("warmup_labels", "pending_max", "retain_versions", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0.0 < self.fading <= 1.0:
+            raise ConfigError(f"fading must be in (0, 1], got {self.fading!r}")
+        if not self.pending_ttl > 0:
+            raise ConfigError(f"pending_ttl must be > 0, got {self.pending_ttl!r}")
+
+    @property
+    def challenger_spec(self) -> str:
+        return self.challenger or self.champion
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str = "engine") -> EngineConfig:
+        """Build from a flat mapping (TOML table, CLI flags); ``policy`` may be a sub-table."""
+        values = dict(values)
+        policy_values = values.pop("policy", None) or {}
+        known = {f.name for f in fields(cls)} - {"policy"}
+        _check_keys(values, known, where)
+        _check_keys(policy_values, {f.name for f in fields(PolicyConfig)}, f"{where}.policy")
+        try:
+            return cls(**values, policy=PolicyConfig(**policy_values))
+        except TypeError as e:  # a value of the wrong type for a dataclass field
+            raise ConfigError(f"invalid [{where}] value: {e}") from e
+
+    def with_overrides(self, **changes: Any) -> EngineConfig:
+        """A copy with some fields changed (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_keys(values: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in [{where}]; known keys: {', '.join(sorted(known))}")

@@ -1,0 +1,540 @@
+"""The champion/challenger engine: pure Python over river, driven by plain objects.
+
+The Kafka worker and ``worker replay`` both drive this one class (ARCHITECTURE.md §3):
+
+- :meth:`Engine.process` scores an event with the champion (served), the challenger
+  (shadow) and, during probation, the previous champion; with a label (inline, or one
+  that arrived early) it evaluates and trains at once, else the features wait in a
+  bounded pending buffer for :meth:`Engine.process_label`;
+- :meth:`Engine.apply` applies a control command (an operator's or the engine's own);
+- the engine's own decisions are not applied where they are taken: they are queued as
+  commands (:meth:`Engine.take_decisions`) that the driver writes to the control log
+  and applies when read back, so every replica and restart agrees on who is champion.
+  Until then the policy holds. Challenger creation, inconclusive replacement and
+  drift resets only concern the trainer and apply at once.
+- lifecycle events (:meth:`Engine.take_lifecycle`) say what happened, in order.
+
+The engine reads no clock and no randomness of its own: for a given input order it is
+deterministic, so a snapshot plus a replay of the input since then rebuilds the state
+of an uninterrupted run exactly (ARCHITECTURE.md §4).
+
+>>> from worker.core.engine import Engine
+>>> from worker.core.config import EngineConfig
+>>> from worker.core.types import Event
+>>> engine = Engine(EngineConfig(warmup_labels=2))
+>>> for i in range(3):
+...     p = engine.process(Event(id=f"e{i}", features={"x": float(i)}, label=i % 2 == 0))
+>>> p.served_by, p.model_version, p.shadow["model_version"]
+('champion', 1, 2)
+>>> [e.type for e in engine.take_lifecycle()]
+['challenger_created']
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+from worker.core import state
+from worker.core.config import EngineConfig
+from worker.core.metrics import Prequential, predict_from_proba
+from worker.core.modelspec import parse_detector, parse_model
+from worker.core.observer import Observer
+from worker.core.pending import PendingBuffer
+from worker.core.policy import Verdict, decide_promotion, decide_rollback, should_reset_on_drift
+from worker.core.registry import ModelVersion, Registry
+from worker.core.split import serves_challenger
+from worker.core.types import COMMAND_TYPES, Command, Event, Label, LifecycleEvent, Prediction
+from worker.errors import BadInputError, CommandRejected, DuplicateIdError, SnapshotError
+
+log = logging.getLogger(__name__)
+
+_REMEMBERED_COMMANDS = 100_000  # command ids kept for idempotency
+
+
+class Score(NamedTuple):
+    version: int
+    prediction: Any
+    proba: dict
+
+
+class Scored(NamedTuple):
+    """An event's features and what each model predicted, kept until its label."""
+
+    features: dict
+    served_by: str
+    champion: Score
+    challenger: Score | None
+    previous: Score | None
+
+
+class Engine:
+    """One champion, one challenger, their metrics, drift detectors and policy."""
+
+    def __init__(self, config: EngineConfig, observer: Observer | None = None) -> None:
+        self.config = config
+        self.observer = observer or Observer()
+        self.registry = Registry(retain=config.retain_versions)
+        self.served = Prequential(config.window, config.fading)
+        self.arms: dict[str, Prequential] | None = None  # per served arm, once a split is set
+        self.pending = PendingBuffer(config.pending_max, config.pending_ttl)  # awaiting labels
+        self.early = PendingBuffer(config.pending_max, config.pending_ttl)  # awaiting events
+        self.counts = dict.fromkeys(
+            ("events", "labelled", "bad", "learn_errors", "promotions", "rollbacks", "resets"), 0
+        )
+        self.positions: dict[tuple[str, int], int] = {}  # last input offset per topic-partition
+        self.learning = True
+        self.split = 0.0
+        self.snapshot_requested = False
+        self.test = None  # champion (incumbent) vs challenger (candidate)
+        self.probation = None  # new champion (incumbent) vs previous champion (candidate)
+        self.champion_history: list[int] = []
+        self._ts: float | None = None
+        self._challenger_born = 0  # labelled count at the challenger's creation
+        self._promoted_at = 0
+        self._transition_at = 0
+        self._alarm_at = -(10**12)  # labelled count of the challenger's last worsening alarm
+        self._awaiting: str | None = None  # id of our own decision not yet read back
+        self._applied: OrderedDict[str, None] = OrderedDict()
+        self._decisions: list[Command] = []
+        self._lifecycle: list[LifecycleEvent] = []
+        self._warm = False
+        self._chal: ModelVersion | None = None
+        self._prev: ModelVersion | None = None
+        self._champ = self._create(config.champion, parse_model(config.champion), None, "initial champion")
+        self._take_role(self._champ, "champion")
+
+    # --- the data path -------------------------------------------------------------------
+
+    def process(self, event: Event) -> Prediction:
+        """Score one event; learn from it when its label is known. Raises
+        :class:`BadInputError` (counted) when a model raises on it or its id is pending."""
+        x = event.features
+        champ, chal, prev = self._champ, self._chal, self._prev
+        try:
+            c = Score(champ.version, *_predict(champ.model, x))
+            h = Score(chal.version, *_predict(chal.model, x)) if chal else None
+            p = Score(prev.version, *_predict(prev.model, x)) if prev else None
+        except Exception as e:  # noqa: BLE001 - any model error makes this event bad, not the worker
+            raise self._bad(f"model raised {type(e).__name__}: {e}") from e
+        served = c
+        if self.split and h is not None and serves_challenger(event.key, self.split, event.id):
+            served = h
+        served_by = "champion" if served is c else "challenger"
+        scored = Scored(x, served_by, c, h, p)
+
+        now = event.ts if event.ts is not None else float(self.counts["events"])
+        label = event.label
+        early = None
+        if label is None:
+            early = self.early.pop(event.id) if len(self.early) else None
+            if early is None:
+                try:
+                    self._evicted("predictions", self.pending.put(event.id, scored, now))
+                except DuplicateIdError as e:
+                    raise self._bad(str(e)) from e
+        self.counts["events"] += 1
+        self._ts = event.ts
+        if event.position is not None:
+            topic, partition, offset = event.position
+            self.positions[topic, partition] = offset
+        self._evicted("predictions", self.pending.expire(now))
+        self._evicted("labels", self.early.expire(now))
+        self.observer.event_scored(served_by)
+        if label is not None:
+            self._learn(scored, label)
+        elif early is not None:
+            self.observer.label_joined(True)
+            self._learn(scored, early.label)
+
+        shadow = h if served is c else c
+        return Prediction(
+            id=event.id, served_by=served_by, model_version=served.version,
+            prediction=served.prediction, proba=served.proba, ts=event.ts, key=event.key,
+            shadow=None if shadow is None else {"model_version": shadow.version,
+                                                "prediction": shadow.prediction},
+        )
+
+    def process_label(self, label: Label) -> None:
+        """Join a delayed label with its pending event, or keep it until the event comes."""
+        now = label.ts if label.ts is not None else float(self.counts["events"])
+        if label.position is not None:
+            topic, partition, offset = label.position
+            self.positions[topic, partition] = offset
+        scored = self.pending.pop(label.id)
+        if scored is None:
+            try:
+                self._evicted("labels", self.early.put(label.id, label, now))
+            except DuplicateIdError as e:
+                raise self._bad(f"label: {e}") from e
+            return
+        self.observer.label_joined(True)
+        self._learn(scored, label.label)
+
+    def _learn(self, scored: Scored, y: Any) -> None:
+        """Test-then-train on one labelled event, then consult the policy."""
+        self.counts["labelled"] += 1
+        c, h, p = scored.champion, scored.challenger, scored.previous
+        for score in (c, h, p):
+            if score is not None:
+                self._evaluate(self.registry[score.version], score, y)
+        served = c if scored.served_by == "champion" else h
+        self.served.update(y, served.prediction, served.proba)
+        if self.arms is not None:
+            self.arms[scored.served_by].update(y, served.prediction, served.proba)
+        champ, chal, prev = self._champ, self._chal, self._prev
+        # the test pairs only events scored by the current champion and challenger
+        if self.test and h and (c.version, h.version) == (champ.version, chal.version):
+            self.test.update(_loss(y, c.prediction), _loss(y, h.prediction))
+        if self.probation is not None and p is not None and p.version == prev.version:
+            self.probation.update(_loss(y, c.prediction), _loss(y, p.prediction))
+
+        if self.learning:
+            if chal is not None:
+                self._train(chal, scored.features, y)
+            if not self._warm or self.config.champion_learns:
+                self._train(champ, scored.features, y)
+        if not self._warm and self.counts["labelled"] >= self.config.warmup_labels:
+            self._warm = True
+            self._new_challenger(f"warm-up over after {self.counts['labelled']} labelled events")
+        if self.config.mode == "auto" and self._awaiting is None:
+            self._consult_policy()
+
+    def _evaluate(self, mv: ModelVersion, score: Score, y: Any) -> None:
+        mv.metrics.update(y, score.prediction, score.proba)
+        detector = mv.detector
+        if detector is not None:
+            detector.update(_loss(y, score.prediction))
+            if detector.drift_detected:
+                self._on_drift(mv)
+
+    def _train(self, mv: ModelVersion, x: dict, y: Any) -> None:
+        try:
+            mv.model.learn_one(x, y)
+        except Exception as e:  # noqa: BLE001 - a model that cannot learn one event is reported, not fatal
+            self.counts["learn_errors"] += 1
+            self.observer.bad_input(f"v{mv.version} could not learn: {type(e).__name__}: {e}")
+            return
+        mv.learned += 1
+
+    def _evicted(self, kind: str, evicted: list) -> None:
+        if evicted:
+            self.observer.pending_evicted(kind, len(evicted))
+
+    def _bad(self, reason: str) -> BadInputError:
+        self.counts["bad"] += 1
+        self.observer.bad_input(reason)
+        return BadInputError(reason)
+
+    # --- drift and policy ----------------------------------------------------------------
+
+    def _on_drift(self, mv: ModelVersion) -> None:
+        role = "champion" if mv is self._champ else "challenger"
+        cumulative, window = mv.metrics.cumulative(), mv.metrics.windowed()
+        before, after = 1.0 - cumulative["accuracy"], 1.0 - window["accuracy"]
+        self._emit("drift_detected", role=role, version=mv.version, detector=self.config.detector,
+                   error_before=before, error_after=after)
+        if role != "challenger" or self.config.mode != "auto" or after <= before:
+            return
+        policy = self.config.policy
+        since = self.counts["labelled"] - self._challenger_born
+        if should_reset_on_drift(labels_since_created=since, error_before=before,
+                                 error_after=after, config=policy):
+            self._replace_challenger(None, f"drift: error rose from {before:.3f} to {after:.3f}")
+        else:
+            self._alarm_at = self.counts["labelled"]  # blocks promotion while within grace
+
+    def _consult_policy(self) -> None:
+        policy = self.config.policy
+        labelled = self.counts["labelled"]
+        if self.probation is not None:
+            since = labelled - self._promoted_at
+            if since >= policy.probation or self.probation.rejected:
+                verdict = decide_rollback(labels_since_promotion=since, test=self.probation, config=policy)
+                if verdict.outcome == "rollback":
+                    self._decide("rollback", verdict, to_version=self._prev.version)
+                    return
+                if verdict.outcome == "end_probation":
+                    self._end_probation()
+        if self._chal is None:
+            return
+        age = labelled - self._challenger_born
+        if age < policy.min_labels or (age < policy.max_labels and not self.test.rejected):
+            return  # the common case, decided without building a verdict
+        verdict = decide_promotion(
+            labels_since_created=age, test=self.test,
+            challenger_drift_active=labelled - self._alarm_at < policy.grace,
+            labels_since_transition=labelled - self._transition_at, config=policy,
+        )
+        if verdict.outcome == "promote":
+            self._decide("promote", verdict)
+        elif verdict.outcome == "inconclusive":
+            self._replace_challenger(None, f"inconclusive: {verdict.reason}")
+
+    def _decide(self, kind: str, verdict: Verdict, to_version: int | None = None) -> None:
+        """Queue our own decision; it takes effect when :meth:`apply` sees it."""
+        target = to_version if to_version is not None else self._chal.version
+        at = self.counts["labelled"]
+        command = Command(
+            type=kind, command_id=f"auto-{kind}-v{self._champ.version}-to-v{target}-at-{at}",
+            issued_by="worker", reason=verdict.reason, expected_champion=self._champ.version,
+            to_version=to_version, ts=self._ts,
+        )
+        self._awaiting = command.command_id
+        self._decisions.append(command)
+
+    # --- commands ------------------------------------------------------------------------
+
+    def apply(self, command: Command) -> None:
+        """Apply a command from the control log, once per ``command_id``; the answer is a
+        ``command_applied`` or ``command_rejected`` lifecycle event."""
+        if command.command_id in self._applied:
+            return
+        self._applied[command.command_id] = None
+        if len(self._applied) > _REMEMBERED_COMMANDS:
+            self._applied.popitem(last=False)
+        if command.command_id == self._awaiting:
+            self._awaiting = None
+        try:
+            if command.type not in COMMAND_TYPES:
+                raise CommandRejected(f"unknown command type {command.type!r}")
+            expected = command.expected_champion
+            if expected is not None and expected != self._champ.version:
+                raise CommandRejected(
+                    f"stale: expected champion v{expected}, but the champion is v{self._champ.version}"
+                )
+            getattr(self, f"_cmd_{command.type}")(command)
+        except CommandRejected as e:
+            self.reject(command, str(e))
+            return
+        self._emit("command_applied", command.command_id, command=command.type, issued_by=command.issued_by)
+
+    def reject(self, command: Command, reason: str) -> None:
+        """Answer a command with ``command_rejected`` (also used by the edge, e.g. for a
+        missing signature)."""
+        if command.command_id == self._awaiting:
+            self._awaiting = None
+        self._emit("command_rejected", command.command_id, command=command.type,
+                   issued_by=command.issued_by, reason=reason)
+
+    def _cmd_promote(self, command: Command) -> None:
+        if self._chal is None:
+            raise CommandRejected("there is no challenger to promote yet (warm-up)")
+        old, new = self._champ, self._chal
+        statistic = self.test.summary()
+        if self._prev is not None:
+            self._end_probation()
+        self._prev, self._champ, self._chal, self.test = old, new, None, None
+        old.detector = None
+        old.roles.append("previous")
+        self._take_role(new, "champion")
+        self.probation = self.config.policy.new_test()
+        self._promoted_at = self._transition_at = self.counts["labelled"]
+        self.counts["promotions"] += 1
+        self._emit("promoted", command.command_id, from_version=old.version, to_version=new.version,
+                   reason=command.reason, issued_by=command.issued_by, statistic=statistic)
+        self._new_challenger(f"after promotion of v{new.version}")
+
+    def _cmd_rollback(self, command: Command) -> None:
+        target = command.to_version
+        if target is None:
+            target = self._prev.version if self._prev else self._former_champion()
+        if target not in self.registry or self.registry[target].model is None:
+            raise CommandRejected(f"v{target} is not a retained version")
+        if target == self._champ.version:
+            raise CommandRejected(f"v{target} is already the champion")
+        bad, restored = self._champ, self.registry[target]
+        statistic = self.probation.summary() if self.probation else None
+        if self._prev is not None and self._prev is not restored:
+            self.registry.retire(self._prev.version, keep_model=True)
+        self._prev = self.probation = None
+        bad.detector = None
+        self.registry.retire(bad.version, keep_model=True)
+        self.registry.reinstate(restored.version)
+        restored.detector = parse_detector(self.config.detector)
+        self._champ = restored
+        self._take_role(restored, "champion")
+        self._transition_at = self.counts["labelled"]
+        self.counts["rollbacks"] += 1
+        self._emit("rolled_back", command.command_id, from_version=bad.version, to_version=restored.version,
+                   reason=command.reason, issued_by=command.issued_by, statistic=statistic)
+        if self._chal is not None:  # it keeps learning; only its comparison starts again
+            self.test = self.config.policy.new_test()
+            self._challenger_born = self.counts["labelled"]
+
+    def _cmd_pause_learning(self, command: Command) -> None:
+        self.learning = False
+
+    def _cmd_resume_learning(self, command: Command) -> None:
+        self.learning = True
+
+    def _cmd_reset_challenger(self, command: Command) -> None:
+        if self._chal is None:
+            raise CommandRejected("there is no challenger to reset yet (warm-up)")
+        self._replace_challenger(command.command_id, command.reason or "reset by operator")
+
+    def _cmd_set_split(self, command: Command) -> None:
+        percent = command.percent
+        if percent is None or not 0.0 <= percent <= 100.0:
+            raise CommandRejected(f"set_split needs a percent between 0 and 100, got {percent!r}")
+        self.split = float(percent)
+        if self.arms is None:
+            self.arms = {arm: Prequential(self.config.window, self.config.fading)
+                         for arm in ("champion", "challenger")}
+
+    def _cmd_snapshot(self, command: Command) -> None:
+        self.snapshot_requested = True
+
+    def _cmd_status(self, command: Command) -> None:
+        self._emit("status_report", command.command_id, **self.status())
+
+    # --- roles and versions --------------------------------------------------------------
+
+    def _create(self, spec: str, model: Any, parent: int | None, reason: str) -> ModelVersion:
+        mv = self.registry.create(spec, model=model, parent=parent, reason=reason,
+                                  labelled=self.counts["labelled"], ts=self._ts)
+        mv.metrics = Prequential(self.config.window, self.config.fading)
+        mv.detector = parse_detector(self.config.detector)
+        return mv
+
+    def _take_role(self, mv: ModelVersion, role: str) -> None:
+        mv.roles.append(role)
+        if role == "champion":
+            self.champion_history.append(mv.version)
+
+    def _new_challenger(self, reason: str) -> None:
+        champ = self._champ
+        if self.config.challenger_init == "copy":
+            mv = self._create(champ.spec, copy.deepcopy(champ.model), champ.version, f"copy: {reason}")
+        else:
+            spec = self.config.challenger_spec
+            mv = self._create(spec, parse_model(spec), None, f"fresh: {reason}")
+        self._take_role(mv, "challenger")
+        self._chal, self.test = mv, self.config.policy.new_test()
+        self._challenger_born = self.counts["labelled"]
+        self._emit("challenger_created", version=mv.version, init=self.config.challenger_init,
+                   spec=mv.spec, reason=reason)
+
+    def _replace_challenger(self, command_id: str | None, reason: str) -> None:
+        old = self._chal
+        statistic = self.test.summary()
+        self.registry.retire(old.version, keep_model=False)
+        old.detector = None
+        self._chal = self.test = None
+        self._transition_at = self.counts["labelled"]
+        self.counts["resets"] += 1
+        self._emit("challenger_reset", command_id, version=old.version, reason=reason, statistic=statistic)
+        self._new_challenger(f"replaces v{old.version}")
+
+    def _end_probation(self) -> None:
+        self.registry.retire(self._prev.version, keep_model=True)
+        self._prev = self.probation = None
+
+    def _former_champion(self) -> int | None:
+        current = self._champ.version
+        for version in reversed(self.champion_history):
+            if version != current and self.registry[version].model is not None:
+                return version
+        return None
+
+    # --- outputs -------------------------------------------------------------------------
+
+    def _emit(self, kind: str, command_id: str | None = None, **detail: Any) -> None:
+        event = LifecycleEvent(
+            type=kind, command_id=command_id, champion=self._champ.version,
+            challenger=self._chal.version if self._chal else None, detail=detail,
+            offsets={f"{t}:{p}": o for (t, p), o in self.positions.items()},
+            labelled=self.counts["labelled"], ts=self._ts,
+        )
+        self._lifecycle.append(event)
+        self.observer.lifecycle(event)
+
+    def take_decisions(self) -> list[Command]:
+        """The engine's own decisions since the last call, to write to the control log."""
+        out, self._decisions = self._decisions, []
+        return out
+
+    def take_lifecycle(self) -> list[LifecycleEvent]:
+        """Lifecycle events since the last call, in the order they happened."""
+        out, self._lifecycle = self._lifecycle, []
+        return out
+
+    @property
+    def champion(self) -> int:
+        return self._champ.version
+
+    @property
+    def challenger(self) -> int | None:
+        return self._chal.version if self._chal else None
+
+    @property
+    def previous(self) -> int | None:
+        return self._prev.version if self._prev else None
+
+    def status(self) -> dict[str, Any]:
+        """Versions, roles, metrics of the active models, the tests: for `status_report`,
+        `worker control status` and the metrics exporter."""
+        active = {"champion": self._champ, "challenger": self._chal, "previous": self._prev}
+        return {
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "previous": self.previous,
+            "mode": self.config.mode,
+            "learning": self.learning,
+            "split_percent": self.split,
+            "counts": dict(self.counts),
+            "pending": {"predictions": len(self.pending), "labels": len(self.early),
+                        **{f"predictions_{k}": v for k, v in self.pending.counters().items()},
+                        **{f"labels_{k}": v for k, v in self.early.counters().items()}},
+            "test": self.test.summary() if self.test else None,
+            "probation": self.probation.summary() if self.probation else None,
+            "served": self.served.report(),
+            "arms": {arm: m.report() for arm, m in self.arms.items()} if self.arms else None,
+            "models": {role: {**mv.lineage(), "metrics": mv.metrics.report()}
+                       for role, mv in active.items() if mv is not None},
+        }
+
+    # --- state ---------------------------------------------------------------------------
+
+    def snapshot(self, secret: bytes | str) -> bytes:
+        """The whole engine as signed bytes (see :mod:`worker.core.state`)."""
+        meta = {"events": self.counts["events"], "labelled": self.counts["labelled"],
+                "champion": self.champion, "challenger": self.challenger}
+        return state.dump(self, secret, meta=meta)
+
+    @classmethod
+    def restore(cls, data: bytes, secret: bytes | str, config: EngineConfig | None = None,
+                observer: Observer | None = None) -> Engine:
+        """Rebuild an engine from :meth:`snapshot`. The restored models win over
+        ``config``'s specs: a new challenger spec applies to the next challenger."""
+        engine = state.load(data, secret)
+        if not isinstance(engine, cls):
+            raise SnapshotError(f"the snapshot holds a {type(engine).__name__}, not an engine")
+        if config is not None:
+            if config.challenger_spec != engine.config.challenger_spec:
+                log.info("challenger spec changed to %r: it applies to the next challenger created",
+                         config.challenger_spec)
+            engine.config = config
+        engine.observer = observer or Observer()
+        return engine
+
+    def __getstate__(self) -> dict[str, Any]:
+        values = self.__dict__.copy()
+        del values["observer"]
+        return values
+
+    def __setstate__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+        self.observer = Observer()
+
+
+def _predict(model: Any, x: dict) -> tuple[Any, dict]:
+    proba = model.predict_proba_one(x)
+    return predict_from_proba(proba), proba
+
+
+def _loss(y: Any, y_pred: Any) -> int:
+    """0/1 loss; no prediction counts as wrong."""
+    return 0 if y_pred is not None and y_pred == y else 1

@@ -1,0 +1,31 @@
+"""The one interface through which the engine reports what it does, for metrics.
+
+The engine calls these hooks; the Prometheus edge (`worker.obs`) overrides them. The
+default does nothing, so the core never depends on a metrics library. Per-model metric
+values are not pushed through here: an exporter reads them from `Engine.status()` when
+it is scraped.
+"""
+
+from __future__ import annotations
+
+from worker.core.types import LifecycleEvent
+
+
+class Observer:
+    """No-op hooks; subclass and override what you export."""
+
+    def event_scored(self, served_by: str) -> None:
+        """One event was scored and a prediction served by ``served_by``."""
+
+    def bad_input(self, reason: str) -> None:
+        """An input was refused (duplicate id, a model raised); it goes to the DLQ."""
+
+    def label_joined(self, delayed: bool) -> None:
+        """A label was matched with its event (``delayed``: it came on its own)."""
+
+    def pending_evicted(self, kind: str, count: int) -> None:
+        """``count`` entries left a pending buffer unmatched (``kind``: "predictions"
+        waiting for labels, or "labels" waiting for their event)."""
+
+    def lifecycle(self, event: LifecycleEvent) -> None:
+        """A lifecycle event was emitted (promotion, rollback, drift, command answer)."""

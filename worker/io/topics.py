@@ -1,0 +1,159 @@
+"""Create and check the worker's topics (ARCHITECTURE §2) with the Kafka admin client.
+
+Every failure to talk to the cluster is a `ConfigError` that names the bootstrap servers,
+raised within bounded time: librdkafka retries an unreachable broker forever, so every
+call here carries a timeout. librdkafka's own log lines go to the ``worker.kafka``
+logger (silent unless logging is configured) instead of straight to stderr.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic
+
+from worker.errors import ConfigError
+from worker.settings import MAX_MESSAGE_BYTES, TopicNames
+
+log = logging.getLogger("worker.kafka")
+log.addHandler(logging.NullHandler())
+
+#: Longest wait for the first answer of the cluster before "cannot reach Kafka".
+CONNECT_TIMEOUT_S = 8.0
+
+COMPACTED = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
+    """The topics of §2: control has exactly one partition (one total order); the
+    models and worker-state logs are compacted, take snapshot chunks, and have one
+    partition each (one ordered log per group); the others get `partitions`."""
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise ConfigError(f"partitions must be a positive integer, got {partitions!r}")
+    return [
+        TopicSpec(names.events, partitions),
+        TopicSpec(names.labels, partitions),
+        TopicSpec(names.predictions, partitions),
+        TopicSpec(names.control, 1),
+        TopicSpec(names.models, 1, dict(COMPACTED)),
+        TopicSpec(names.worker_state, 1, dict(COMPACTED)),
+        TopicSpec(names.dlq, partitions),
+    ]
+
+
+def create_topics(
+    admin_config: dict[str, Any],
+    names: TopicNames,
+    partitions: int,
+    *,
+    replication_factor: int = -1,
+    timeout_s: float = 30,
+) -> dict[str, str]:
+    """Create every topic of §2 that does not exist yet; returns {name: "created" | "exists"}.
+
+    Idempotent. ``replication_factor=-1`` takes the broker's ``default.replication.factor``.
+    A topic that already exists is left as it is, but an existing control topic with more
+    than one partition, or a models / worker-state topic that is not compacted, is refused.
+    """
+    specs = topic_specs(names, partitions)
+    admin = _admin(admin_config)
+    _metadata(admin, admin_config, timeout_s)  # fail fast on an unreachable cluster
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                s.name, num_partitions=s.partitions, replication_factor=replication_factor, config=s.config
+            )
+            for s in specs
+        ],
+        operation_timeout=timeout_s,
+        request_timeout=timeout_s,
+    )
+    result: dict[str, str] = {}
+    for spec in specs:
+        try:
+            futures[spec.name].result(timeout=timeout_s + 5)
+            result[spec.name] = "created"
+        except KafkaException as e:
+            error = e.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ConfigError(f"cannot create topic '{spec.name}': {_describe(error)}") from None
+            result[spec.name] = "exists"
+        except concurrent.futures.TimeoutError:
+            raise ConfigError(f"creating topic '{spec.name}' did not finish in {timeout_s:g}s") from None
+    existing = [s for s in specs if result[s.name] == "exists"]
+    if existing:
+        _check_existing(admin, admin_config, existing, names.control, timeout_s)
+    return result
+
+
+def missing_topics(admin_config: dict[str, Any], required: list[str], timeout_s: float = 10) -> list[str]:
+    """The topics of `required` that the cluster does not have, in the given order."""
+    present = _metadata(_admin(admin_config), admin_config, timeout_s).topics
+    return [name for name in required if name not in present]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _admin(admin_config: dict[str, Any]) -> AdminClient:
+    try:
+        return AdminClient({"logger": log, **admin_config})
+    except KafkaException as e:
+        raise ConfigError(f"invalid Kafka client setting: {_describe(e.args[0])}") from None
+
+
+def _metadata(admin: AdminClient, admin_config: dict[str, Any], timeout_s: float) -> ClusterMetadata:
+    timeout = min(timeout_s, CONNECT_TIMEOUT_S)
+    try:
+        return admin.list_topics(timeout=timeout)
+    except KafkaException as e:
+        where = admin_config.get("bootstrap.servers", "?")
+        raise ConfigError(
+            f"cannot reach Kafka at {where}: {_describe(e.args[0])} (waited {timeout:g}s)"
+        ) from None
+
+
+def _check_existing(
+    admin: AdminClient, admin_config: dict[str, Any], specs: list[TopicSpec], control: str, timeout_s: float
+) -> None:
+    """Refuse existing topics whose shape breaks a guarantee (one ordered control log,
+    compacted state logs); other differences (e.g. partition counts) are left alone."""
+    if any(s.name == control for s in specs):
+        topic = _metadata(admin, admin_config, timeout_s).topics.get(control)
+        if topic is not None and len(topic.partitions) != 1:
+            raise ConfigError(
+                f"topic '{control}' exists with {len(topic.partitions)} partitions; "
+                "the control topic must have exactly 1 (one total order)"
+            )
+    compacted = [s for s in specs if s.config.get("cleanup.policy") == "compact"]
+    if not compacted:
+        return
+    resources = {s.name: ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in compacted}
+    futures = admin.describe_configs(list(resources.values()), request_timeout=timeout_s)
+    for name, resource in resources.items():
+        try:
+            configs = futures[resource].result(timeout=timeout_s + 5)
+        except KafkaException as e:
+            raise ConfigError(f"cannot describe topic '{name}': {_describe(e.args[0])}") from None
+        except concurrent.futures.TimeoutError:
+            raise ConfigError(f"describing topic '{name}' did not finish in {timeout_s:g}s") from None
+        policy = configs["cleanup.policy"].value if "cleanup.policy" in configs else ""
+        if "compact" not in (policy or "").split(","):
+            raise ConfigError(
+                f"topic '{name}' exists with cleanup.policy={policy}; it must be compacted (compact)"
+            )
+
+
+def _describe(error: object) -> str:
+    return error.str() if isinstance(error, KafkaError) else str(error)
