@@ -4,15 +4,15 @@ The CLI builds it from flags, `WORKER_*` variables and the `[engine]` / `[policy
 tables of a TOML file (:meth:`EngineConfig.from_mapping`); nothing inside the engine
 reads the environment.
 
->>> config = EngineConfig.from_mapping({"warmup_labels": 100, "policy": {"alpha": 0.01}})
->>> config.warmup_labels, config.policy.alpha, config.challenger_init
-(100, 0.01, 'copy')
+>>> config = EngineConfig.from_mapping({"warmup_labels": 100, "promotion": {"alpha": 0.01}})
+>>> config.warmup_labels, config.promotion.alpha, config.challenger_init, config.policy
+(100, 0.01, 'copy', 'auto')
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from worker.core.modelspec import parse_detector, validate_model
@@ -35,14 +35,15 @@ class EngineConfig:
     - ``warmup_labels``: version 1 learns while it serves until this many labelled
       events, then it is frozen and the first challenger is created.
     - ``champion_learns``: keep the champion learning after the warm-up too.
-    - ``mode``: ``"auto"`` (the policy promotes, rolls back and resets) or
-      ``"manual"`` (only operators' commands change roles).
+    - ``policy``: ``"auto"`` (the engine promotes, rolls back and resets by the
+      ``promotion`` rules) or ``"manual"`` (only operators' commands change roles).
     - ``detector``: spec of the drift detector run on each model's 0/1 errors.
     - ``window`` / ``fading``: the sliding window and fading factor of the metrics.
     - ``pending_max`` / ``pending_ttl``: bounds of the buffers that hold predictions
       waiting for a label and labels waiting for their event; the age is in seconds
       of event time when events carry ``ts``, else in events.
     - ``retain_versions``: former champions kept in memory for ``rollback``.
+    - ``promotion``: the thresholds of the sequential test and the decisions.
     """
 
     champion: str = DEFAULT_SPEC
@@ -50,14 +51,14 @@ class EngineConfig:
     challenger_init: str | None = None
     warmup_labels: int = 500
     champion_learns: bool = False
-    mode: str = "auto"
+    policy: str = "auto"
     detector: str = DEFAULT_DETECTOR
     window: int = 1000
     fading: float = 0.999
     pending_max: int = 100_000
     pending_ttl: float = 86_400.0
     retain_versions: int = 10
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    promotion: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
         validate_model(self.champion)
@@ -67,7 +68,7 @@ class EngineConfig:
         if self.challenger_init is None:
             object.__setattr__(self, "challenger_init", "copy" if self.challenger is None else "fresh")
         _one_of("challenger_init", self.challenger_init, ("fresh", "copy"))
-        _one_of("mode", self.mode, ("auto", "manual"))
+        _one_of("policy", self.policy, ("auto", "manual"))
         for name in ("warmup_labels", "pending_max", "retain_versions", "window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -83,20 +84,16 @@ class EngineConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "engine") -> EngineConfig:
-        """Build from a flat mapping (TOML table, CLI flags); ``policy`` may be a sub-table."""
+        """Build from a mapping (a TOML table merged with CLI flags); ``promotion`` is a
+        sub-table of :class:`PolicyConfig` fields."""
         values = dict(values)
-        policy_values = values.pop("policy", None) or {}
-        known = {f.name for f in fields(cls)} - {"policy"}
-        _check_keys(values, known, where)
-        _check_keys(policy_values, {f.name for f in fields(PolicyConfig)}, f"{where}.policy")
+        promotion = values.pop("promotion", None) or {}
+        _check_keys(values, {f.name for f in fields(cls)} - {"promotion"}, where)
+        _check_keys(promotion, {f.name for f in fields(PolicyConfig)}, f"{where}.promotion")
         try:
-            return cls(**values, policy=PolicyConfig(**policy_values))
+            return cls(**values, promotion=PolicyConfig(**promotion))
         except TypeError as e:  # a value of the wrong type for a dataclass field
             raise ConfigError(f"invalid [{where}] value: {e}") from e
-
-    def with_overrides(self, **changes: Any) -> EngineConfig:
-        """A copy with some fields changed (None values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -199,7 +199,7 @@ class Engine:
         if not self._warm and self.counts["labelled"] >= self.config.warmup_labels:
             self._warm = True
             self._new_challenger(f"warm-up over after {self.counts['labelled']} labelled events")
-        if self.config.mode == "auto" and self._awaiting is None:
+        if self.config.policy == "auto" and self._awaiting is None:
             self._consult_policy()
 
     def _evaluate(self, mv: ModelVersion, score: Score, y: Any) -> None:
@@ -236,9 +236,9 @@ class Engine:
         before, after = 1.0 - cumulative["accuracy"], 1.0 - window["accuracy"]
         self._emit("drift_detected", role=role, version=mv.version, detector=self.config.detector,
                    error_before=before, error_after=after)
-        if role != "challenger" or self.config.mode != "auto" or after <= before:
+        if role != "challenger" or self.config.policy != "auto" or after <= before:
             return
-        policy = self.config.policy
+        policy = self.config.promotion
         since = self.counts["labelled"] - self._challenger_born
         if should_reset_on_drift(labels_since_created=since, error_before=before,
                                  error_after=after, config=policy):
@@ -247,7 +247,7 @@ class Engine:
             self._alarm_at = self.counts["labelled"]  # blocks promotion while within grace
 
     def _consult_policy(self) -> None:
-        policy = self.config.policy
+        policy = self.config.promotion
         labelled = self.counts["labelled"]
         if self.probation is not None:
             since = labelled - self._promoted_at
@@ -330,7 +330,7 @@ class Engine:
         old.detector = None
         old.roles.append("previous")
         self._take_role(new, "champion")
-        self.probation = self.config.policy.new_test()
+        self.probation = self.config.promotion.new_test()
         self._promoted_at = self._transition_at = self.counts["labelled"]
         self.counts["promotions"] += 1
         self._emit("promoted", command.command_id, from_version=old.version, to_version=new.version,
@@ -361,7 +361,7 @@ class Engine:
         self._emit("rolled_back", command.command_id, from_version=bad.version, to_version=restored.version,
                    reason=command.reason, issued_by=command.issued_by, statistic=statistic)
         if self._chal is not None:  # it keeps learning; only its comparison starts again
-            self.test = self.config.policy.new_test()
+            self.test = self.config.promotion.new_test()
             self._challenger_born = self.counts["labelled"]
 
     def _cmd_pause_learning(self, command: Command) -> None:
@@ -412,7 +412,7 @@ class Engine:
             spec = self.config.challenger_spec
             mv = self._create(spec, parse_model(spec), None, f"fresh: {reason}")
         self._take_role(mv, "challenger")
-        self._chal, self.test = mv, self.config.policy.new_test()
+        self._chal, self.test = mv, self.config.promotion.new_test()
         self._challenger_born = self.counts["labelled"]
         self._emit("challenger_created", version=mv.version, init=self.config.challenger_init,
                    spec=mv.spec, reason=reason)
@@ -481,7 +481,7 @@ class Engine:
             "champion": self.champion,
             "challenger": self.challenger,
             "previous": self.previous,
-            "mode": self.config.mode,
+            "policy": self.config.policy,
             "learning": self.learning,
             "split_percent": self.split,
             "counts": dict(self.counts),
