@@ -7,7 +7,9 @@ turns all of that into frozen settings objects and hands them to the components.
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -19,6 +21,84 @@ from worker.errors import ConfigError, WorkerError
 @click.version_option(__version__, prog_name="worker")
 def cli() -> None:
     """Champion/challenger online learning on Kafka."""
+
+
+# ------------------------------------------------------------------------ engine options
+# Shared by `replay` and `run`: flags (and WORKER_* variables) win over the TOML file's
+# [engine] table (with its [engine.promotion] sub-table), which wins over the defaults.
+
+ENGINE_OPTIONS = [
+    click.option("--config", "config_path", envvar="WORKER_CONFIG", type=click.Path(dir_okay=False),
+                 help="TOML file with an [engine] table (and [engine.promotion])."),
+    click.option("--champion", envvar="WORKER_CHAMPION", help="Model spec of version 1."),
+    click.option("--challenger", envvar="WORKER_CHALLENGER",
+                 help="Model spec of fresh challengers (default: the champion's)."),
+    click.option("--challenger-init", envvar="WORKER_CHALLENGER_INIT", type=click.Choice(["fresh", "copy"]),
+                 help="New challengers: untrained from the spec, or a trained copy of the champion."),
+    click.option("--policy", envvar="WORKER_POLICY", type=click.Choice(["auto", "manual"]),
+                 help="auto: the engine promotes and rolls back; manual: operators only."),
+    click.option("--champion-learns/--champion-frozen", "champion_learns", default=None,
+                 envvar="WORKER_CHAMPION_LEARNS", help="Keep the champion learning after the warm-up."),
+    click.option("--warmup-labels", envvar="WORKER_WARMUP_LABELS", type=click.IntRange(min=1),
+                 help="Labelled events version 1 learns from before the first challenger [500]."),
+]
+
+
+def engine_options(command):
+    for option in reversed(ENGINE_OPTIONS):
+        command = option(command)
+    return command
+
+
+def engine_config(config_path: str | None, **flags):
+    """The frozen engine settings from the TOML file and the flags."""
+    from worker.core.config import EngineConfig
+    from worker.settings import check_keys, load_toml
+
+    values: dict = {}
+    if config_path:
+        document = load_toml(Path(config_path))
+        check_keys(document, {"engine", "run"}, f"the top level of {config_path}")
+        values = dict(document.get("engine", {}))
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return EngineConfig.from_mapping(values)
+
+
+# ----------------------------------------------------------------------------- worker replay
+
+
+@cli.command("replay")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", help="CSV: the label column.")
+@click.option("--positive", help="CSV: the label value that means true (binary labels), e.g. UP.")
+@click.option("--id-column", help="CSV: the column holding the event id (default: the row number).")
+@click.option("--drop-column", "drop", multiple=True, help="CSV: a column to ignore; repeatable.")
+@engine_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("out/replay"), show_default=True,
+              help="Folder for lifecycle.jsonl, timeline.jsonl and summary.json.")
+@click.option("--timeline-every", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Labelled events between two timeline points.")
+def replay_command(file: Path, target, positive, id_column, drop, out_dir: Path, timeline_every: int,
+                   config_path, **engine_flags) -> None:
+    """Run the engine over FILE (JSONL events, or CSV with --target) and write what happened."""
+    from worker.core.engine import Engine
+    from worker.io.files import read_records
+    from worker.runtime.replay import replay
+
+    engine = Engine(engine_config(config_path, **engine_flags))
+    records = read_records(file, target=target, id_column=id_column, drop=drop, positive=positive)
+    with click.progressbar(length=_count_lines(file), label=f"replay {file.name}", file=sys.stderr) as bar:
+        summary = replay(records, engine, out_dir, timeline_every=timeline_every,
+                         on_record=lambda: bar.update(1))
+    brief = {k: v for k, v in summary.items() if k not in ("models", "bad_examples", "pending")}
+    click.echo(json.dumps(brief, indent=2))
+    click.echo(f"outputs: {out_dir}/summary.json, lifecycle.jsonl, timeline.jsonl")
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 # ----------------------------------------------------------------------------- worker topics
