@@ -22,20 +22,23 @@ from worker.core.types import Event, LifecycleEvent
 from worker.errors import BadInputError
 from worker.io.files import BadRecord, Record
 
+#: Refused records quoted in the summary; the others are only counted.
+BAD_EXAMPLES = 20
+
 
 def replay(records: Iterable[Record | BadRecord], engine: Engine, out_dir: Path | None, *,
            timeline_every: int = 500, on_record: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run every record through ``engine``; return the summary (also written to ``out_dir``)."""
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    bad_records: list[dict[str, Any]] = []
+    bad = _BadLog()
     with _open(out_dir, "lifecycle.jsonl") as lifecycle, _open(out_dir, "timeline.jsonl") as timeline:
         next_point = timeline_every
         for record in records:
             if on_record is not None:
                 on_record()
             if isinstance(record, BadRecord):
-                bad_records.append({"line": record.line, "reason": record.reason})
+                bad.add(record.line, record.reason)
                 continue
             try:
                 if isinstance(record, Event):
@@ -43,8 +46,7 @@ def replay(records: Iterable[Record | BadRecord], engine: Engine, out_dir: Path 
                 else:
                     engine.process_label(record)
             except BadInputError as e:
-                bad_records.append({"line": record.position[2] if record.position else None,
-                                    "reason": str(e)})
+                bad.add(record.position[2] if record.position else None, str(e))
             for command in engine.take_decisions():
                 engine.apply(command)
             for event in engine.take_lifecycle():
@@ -53,20 +55,22 @@ def replay(records: Iterable[Record | BadRecord], engine: Engine, out_dir: Path 
                 _write(timeline, timeline_point(engine))
                 next_point = engine.counts["labelled"] + timeline_every
         _write(timeline, timeline_point(engine))
-    result = summary(engine, bad_records)
+    result = summary(engine, bad.count, bad.examples)
     if out_dir is not None:
         (out_dir / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
-def summary(engine: Engine, bad_records: list[dict[str, Any]]) -> dict[str, Any]:
+def summary(engine: Engine, bad: int, bad_examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's counts, versions and metrics; ``bad`` records were refused, the first
+    few of them are ``bad_examples``."""
     counts = engine.counts
     served = engine.served.cumulative()
     return {
         "events": counts["events"],
         "labelled": counts["labelled"],
-        "bad": len(bad_records),
-        "bad_examples": bad_records[:20],
+        "bad": bad,
+        "bad_examples": bad_examples,
         "promotions": counts["promotions"],
         "rollbacks": counts["rollbacks"],
         "challenger_resets": counts["resets"],
@@ -104,6 +108,20 @@ def _views(metrics: Any) -> dict[str, Any]:
     report = metrics.report()
     return {view: {"accuracy": report[view]["accuracy"], "f1": report[view]["f1"]}
             for view in ("cumulative", "window", "fading")}
+
+
+class _BadLog:
+    """Counts refused records and keeps the first few (memory stays flat however many)."""
+
+    def __init__(self, keep: int = BAD_EXAMPLES) -> None:
+        self.count = 0
+        self.keep = keep
+        self.examples: list[dict[str, Any]] = []
+
+    def add(self, line: int | None, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < self.keep:
+            self.examples.append({"line": line, "reason": reason})
 
 
 class _Null:

@@ -1,0 +1,59 @@
+"""The operator's side of the control topic: send a command, wait for its answer.
+
+The worker answers every command on the same one-partition topic with lifecycle events
+that carry the command's ``command_id`` (``promoted``, ``status_report`` …, then
+``command_applied`` or ``command_rejected``), so waiting is reading the topic from the
+offset the command was written at until the final answer appears.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from worker.core.types import Command
+from worker.io import kafka
+from worker.io.codec import encode_command
+
+FINAL = frozenset({"command_applied", "command_rejected"})
+
+
+def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Command,
+                  secret: bytes | None, wait_s: float) -> list[dict[str, Any]] | None:
+    """Write ``command``; return the lifecycle events answering it (the last one final),
+    or None when no final answer came within ``wait_s`` seconds."""
+    producer = kafka.producer({**admin_config, "enable.idempotence": True, "acks": "all"})
+    reader = kafka.reader({**admin_config, "group.id": "worker-control-cli"})
+    try:
+        delivered: list[Any] = []
+        producer.produce(control_topic, value=encode_command(command, secret),
+                         on_delivery=lambda err, msg: delivered.append(err or msg))
+        producer.flush(min(wait_s, 30.0) or 30.0)
+        if not delivered or isinstance(delivered[0], KafkaError):
+            reason = delivered[0].str() if delivered else "not delivered in time"
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"cannot write the command: {reason}"))
+        return _await(reader, control_topic, delivered[0].offset(), command.command_id, wait_s)
+    finally:
+        reader.close()
+
+
+def _await(reader: Any, topic: str, start: int, command_id: str, wait_s: float) -> list[dict] | None:
+    reader.assign([TopicPartition(topic, 0, start)])
+    answers: list[dict[str, Any]] = []
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        msg = reader.poll(min(1.0, max(0.0, deadline - time.monotonic())))
+        if msg is None or msg.error():
+            continue
+        try:
+            obj = orjson.loads(msg.value())
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and obj.get("command_id") == command_id and "detail" in obj:
+            answers.append(obj)
+            if obj.get("type") in FINAL:
+                return answers
+    return None

@@ -1,0 +1,120 @@
+"""Thin helpers around confluent-kafka: clients, bounded reads, error classification.
+
+Everything that knows librdkafka's quirks lives here, so the run loop reads as the
+design does (ARCHITECTURE.md §4).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from worker.errors import ConfigError
+
+log = logging.getLogger("worker.kafka")
+
+READ_TIMEOUT_S = 30.0
+FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+
+
+def consumer(config: dict[str, Any]) -> Consumer:
+    try:
+        return Consumer({"logger": log, **config})
+    except KafkaException as e:
+        raise ConfigError(f"invalid Kafka consumer setting: {e.args[0].str()}") from None
+
+
+def producer(config: dict[str, Any]) -> Producer:
+    try:
+        return Producer({"logger": log, **config})
+    except KafkaException as e:
+        raise ConfigError(f"invalid Kafka producer setting: {e.args[0].str()}") from None
+
+
+def reader(config: dict[str, Any]) -> Consumer:
+    """A consumer for bounded reads (recovery): read_committed, reports partition EOF."""
+    return consumer({**config, "enable.partition.eof": True, "enable.auto.commit": False,
+                     "fetch.wait.max.ms": 20})
+
+
+def partitions_of(client: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
+    info = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise ConfigError(f"topic {topic!r} does not exist")
+    return sorted(info.partitions)
+
+
+def read_range(client: Consumer, topic: str, partition: int, first: int,
+               last: int | None = None) -> Iterator[Message]:
+    """Messages of one partition from ``first`` to ``last`` (inclusive; None: to the end).
+
+    ``client`` must come from :func:`reader`. A read_committed consumer skips aborted
+    messages and transaction markers, so the range may hold fewer messages than its
+    span; the read stops after ``last`` or at the partition's end, whichever is first.
+    """
+    client.assign([TopicPartition(topic, partition, first)])
+    try:
+        while True:
+            msg = client.poll(READ_TIMEOUT_S)
+            if msg is None:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"reading {topic}[{partition}]"))
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return
+                raise KafkaException(msg.error())
+            if last is not None and msg.offset() > last:
+                return
+            yield msg
+            if last is not None and msg.offset() >= last:
+                return
+    finally:
+        client.unassign()
+
+
+def read_spans(client: Consumer, spans: dict[tuple[str, int], tuple[int, int]]) -> dict[Any, dict]:
+    """Read each partition's span ``(first, last)`` at once: ``{(topic, partition): {offset: msg}}``.
+
+    Recovery replays many short ranges in a recorded order; fetching every partition
+    once and then walking the ranges costs one fetch instead of one per range.
+    """
+    out: dict[tuple[str, int], dict[int, Message]] = {key: {} for key in spans}
+    pending = set(spans)
+    client.assign([TopicPartition(t, p, first) for (t, p), (first, _last) in spans.items()])
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    try:
+        while pending:
+            # consume() waits for the full count or the timeout: keep the timeout short
+            messages = client.consume(num_messages=10_000, timeout=0.1)
+            if not messages and time.monotonic() > deadline:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"reading {sorted(pending)}"))
+            if messages:
+                deadline = time.monotonic() + READ_TIMEOUT_S
+            for msg in messages:
+                key = (msg.topic(), msg.partition())
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(msg.error())
+                    pending.discard(key)
+                    continue
+                last = spans[key][1]
+                if msg.offset() <= last:
+                    out[key][msg.offset()] = msg
+                if msg.offset() >= last:
+                    pending.discard(key)
+    finally:
+        client.unassign()
+    return out
+
+
+def committed(client: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+    """The group's committed offsets (only the partitions that have one)."""
+    return {(tp.topic, tp.partition): tp.offset
+            for tp in client.committed(partitions, timeout=10.0) if tp.offset >= 0}
+
+
+def is_fenced(error: KafkaError) -> bool:
+    return error.code() in FENCED

@@ -1,0 +1,124 @@
+"""Where the worker keeps its state between runs (ARCHITECTURE.md §4).
+
+Exactly-once: the compacted ``worker-state`` topic, written inside the same
+transactions as the predictions and the consumed offsets:
+
+- ``progress:<seq>`` — which input ranges one transaction processed, in order:
+  ``{"seq": 12, "runs": [["events", 0, 100, 180], ["control", 0, 7, 7], ...]}``;
+- ``chunk:<i>`` and ``manifest`` — a signed engine snapshot, split into chunks; the
+  manifest says how many chunks and which progress records the snapshot includes
+  (``after_progress``). Progress records a snapshot includes are tombstoned by it, so
+  the compacted topic stays small.
+
+Recovery loads the last snapshot and replays the ranges of the progress records after
+it, in order. At-least-once: one signed file per group in a local folder, replaced by
+atomic rename, holding the engine and the input offsets it reflects.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer
+
+from worker.core import state
+from worker.core.chunks import join_chunks, split_chunks
+from worker.errors import SnapshotError
+from worker.io.kafka import read_range
+
+Run = tuple[str, int, int, int]  # topic, partition, first offset, last offset
+
+
+@dataclass
+class Loaded:
+    """What recovery found on worker-state."""
+
+    snapshot: bytes | None = None
+    after_progress: int = 0
+    runs: list[Run] = field(default_factory=list)  # to replay, in order
+    next_seq: int = 1
+    stale_keys: list[bytes] = field(default_factory=list)  # to tombstone at the next snapshot
+
+
+class KafkaCheckpoints:
+    """Snapshots and progress records on the compacted ``worker-state`` topic."""
+
+    def __init__(self, topic: str, chunk_bytes: int = 1_000_000) -> None:
+        self.topic = topic
+        self.chunk_bytes = chunk_bytes
+        self.next_seq = 1
+        self._since_snapshot: list[bytes] = []  # progress keys a next snapshot will cover
+        self._chunks = 0  # chunk keys of the current snapshot
+
+    def write_progress(self, producer: Producer, runs: list[Run]) -> None:
+        seq = self.next_seq
+        self.next_seq += 1
+        key = f"progress:{seq}".encode()
+        producer.produce(self.topic, key=key, value=orjson.dumps({"seq": seq, "runs": runs}))
+        self._since_snapshot.append(key)
+
+    def write_snapshot(self, producer: Producer, data: bytes, meta: dict[str, Any]) -> None:
+        chunks = split_chunks(data, self.chunk_bytes)
+        for i, chunk in enumerate(chunks):
+            producer.produce(self.topic, key=f"chunk:{i}".encode(), value=chunk)
+        manifest = {"chunks": len(chunks), "after_progress": self.next_seq - 1, "bytes": len(data), **meta}
+        producer.produce(self.topic, key=b"manifest", value=orjson.dumps(manifest))
+        stale = self._since_snapshot + [f"chunk:{i}".encode() for i in range(len(chunks), self._chunks)]
+        for key in stale:
+            producer.produce(self.topic, key=key, value=None)  # tombstone: covered by this snapshot
+        self._since_snapshot, self._chunks = [], len(chunks)
+
+    def load(self, client: Consumer) -> Loaded:
+        """Read the whole topic (``client`` from :func:`worker.io.kafka.reader`)."""
+        latest: dict[bytes, bytes | None] = {}
+        for msg in read_range(client, self.topic, 0, 0):
+            latest[msg.key()] = msg.value()
+        live = {k: v for k, v in latest.items() if v is not None}
+        loaded = Loaded()
+        progress = {int(k.split(b":")[1]): orjson.loads(v) for k, v in live.items()
+                    if k.startswith(b"progress:")}
+        if b"manifest" in live:
+            manifest = orjson.loads(live[b"manifest"])
+            parts = [live.get(f"chunk:{i}".encode()) for i in range(manifest["chunks"])]
+            if any(p is None for p in parts):
+                raise SnapshotError(f"the snapshot on {self.topic} is missing chunks")
+            loaded.snapshot = join_chunks(parts)
+            loaded.after_progress = manifest["after_progress"]
+            self._chunks = manifest["chunks"]
+        for seq in sorted(progress):
+            key = f"progress:{seq}".encode()
+            if seq > loaded.after_progress:
+                loaded.runs.extend(tuple(run) for run in progress[seq]["runs"])
+            self._since_snapshot.append(key)
+        loaded.next_seq = max([loaded.after_progress, *progress]) + 1
+        self.next_seq = loaded.next_seq
+        return loaded
+
+
+class LocalCheckpoints:
+    """At-least-once state: one signed file, replaced atomically."""
+
+    def __init__(self, folder: Path, group: str, secret: bytes) -> None:
+        self.path = folder / f"{group}.snapshot"
+        self.secret = secret
+
+    def save(self, snapshot: bytes, offsets: dict[tuple[str, int], int]) -> None:
+        """Store an engine snapshot and the next input offsets it reflects."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = state.dump({"snapshot": snapshot, "offsets": offsets}, self.secret)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def load(self) -> tuple[bytes, dict[tuple[str, int], int]] | None:
+        if not self.path.exists():
+            return None
+        saved = state.load(self.path.read_bytes(), self.secret)
+        return saved["snapshot"], saved["offsets"]

@@ -1,0 +1,109 @@
+"""One input message → the engine → the output messages it causes.
+
+The run loop calls :meth:`Handler.handle` for every message it consumes, and recovery
+calls it for every message it replays with ``emit=False`` (those outputs were already
+committed). Bad input of any kind is dead-lettered with its original bytes and never
+raises: the worker keeps going.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Message, Producer
+
+from worker.core.engine import Engine
+from worker.core.types import Command
+from worker.errors import BadInputError
+from worker.io.codec import (
+    Limits,
+    decode_command,
+    decode_event,
+    decode_label,
+    dlq_headers,
+    encode_command,
+    encode_lifecycle,
+    encode_prediction,
+    verify_command,
+)
+from worker.settings import TopicNames
+
+log = logging.getLogger("worker.run")
+
+
+@dataclass
+class Counts:
+    predictions: int = 0
+    dead_letters: int = 0
+
+
+class Handler:
+    """Routes messages by topic; writes predictions, dead letters and control messages."""
+
+    def __init__(self, engine: Engine, producer: Producer | None, topics: TopicNames, *, limits: Limits,
+                 secret: bytes, require_signed_commands: bool) -> None:
+        self.engine = engine
+        self.producer = producer
+        self.topics = topics
+        self.limits = limits
+        self.secret = secret
+        self.require_signed = require_signed_commands
+        self.counts = Counts()
+        self._last_bad_log = 0.0
+
+    def handle(self, msg: Message, emit: bool) -> None:
+        topic = msg.topic()
+        position = (topic, msg.partition(), msg.offset())
+        try:
+            if topic == self.topics.events:
+                prediction = self.engine.process(decode_event(msg.value(), msg.key(), position, self.limits))
+                if emit:
+                    key = prediction.key if prediction.key is not None else prediction.id
+                    self.producer.produce(self.topics.predictions, value=encode_prediction(prediction),
+                                          key=key.encode())
+                    self.counts.predictions += 1
+            elif topic == self.topics.labels:
+                self.engine.process_label(decode_label(msg.value(), position, self.limits))
+            else:
+                self._control(msg)
+        except BadInputError as e:
+            if emit:
+                self._dead_letter(msg, str(e))
+        self._flush_engine_outputs(emit)
+
+    def _control(self, msg: Message) -> None:
+        decoded, raw = decode_command(msg.value(), self.limits)
+        if not isinstance(decoded, Command):
+            return  # a lifecycle event: ours or another worker's answer
+        if self.require_signed and not verify_command(raw, self.secret):
+            reason = "missing signature" if not raw.get("signature") else "bad signature"
+            log.warning("rejected control command %s: %s", decoded.command_id, reason)
+            self.engine.reject(decoded, f"{reason}: this worker requires signed commands")
+            return
+        self.engine.apply(decoded)
+
+    def _flush_engine_outputs(self, emit: bool) -> None:
+        decisions = self.engine.take_decisions()
+        lifecycle = self.engine.take_lifecycle()
+        if not emit:
+            return
+        for command in decisions:
+            self.producer.produce(self.topics.control, value=encode_command(command, self.secret))
+        for event in lifecycle:
+            self.producer.produce(self.topics.control, value=encode_lifecycle(event))
+            log.info("%s", event.type, extra={"context": {"command_id": event.command_id,
+                                                          "champion": event.champion,
+                                                          "challenger": event.challenger}})
+
+    def _dead_letter(self, msg: Message, reason: str) -> None:
+        position = (msg.topic(), msg.partition(), msg.offset())
+        self.producer.produce(self.topics.dlq, value=msg.value(), key=msg.key(),
+                              headers=dlq_headers(reason, position))
+        self.counts.dead_letters += 1
+        now = time.monotonic()
+        if now - self._last_bad_log >= 1.0:  # rate-limited: one line per second at most
+            self._last_bad_log = now
+            log.warning("dead-lettered %s[%d]@%d: %s (%d so far)", *position, reason,
+                        self.counts.dead_letters)

@@ -1,0 +1,322 @@
+"""`worker run`: the Kafka worker loop (ARCHITECTURE.md §4, §5).
+
+Exactly-once: one transaction per commit interval carries the predictions, dead
+letters and control messages of a batch, a progress record (which input ranges were
+processed, in order), the consumed offsets and — every snapshot interval — a signed
+engine snapshot. Recovery fences any older instance (``init_transactions``), loads the
+last snapshot from ``worker-state`` and replays the recorded ranges with output
+suppressed, so the engine is exactly where the committed output says it is.
+
+At-least-once: no transactions; outputs are produced as they come, and every snapshot
+interval the engine is saved to a local file and then the offsets are committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
+
+from worker.core.config import EngineConfig
+from worker.core.engine import Engine
+from worker.core.observer import Observer
+from worker.errors import ConfigError, WorkerError
+from worker.io import kafka
+from worker.io.codec import DEFAULT_LIMITS, Limits
+from worker.io.topics import missing_topics
+from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
+from worker.runtime.handler import Handler
+from worker.settings import KafkaSettings
+
+log = logging.getLogger("worker.run")
+
+TXN_CALL_TIMEOUT_S = 30.0
+
+
+class Fenced(WorkerError):
+    """A newer instance with the same transactional.id took over."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything `worker run` needs besides the engine's own settings."""
+
+    kafka: KafkaSettings
+    secret: bytes
+    require_signed_commands: bool = False
+    fresh: bool = False
+    max_batch: int = 500
+    chunk_bytes: int = 1_000_000
+    state_dir: Path = Path(".worker-state")
+    metrics_port: int | None = None
+    limits: Limits = DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ConfigError("a secret is required to sign snapshots (--secret or WORKER_SECRET)")
+
+
+class Worker:
+    """One active instance per group: it reads every partition by assignment."""
+
+    def __init__(self, settings: RunSettings, engine_config: EngineConfig,
+                 observer: Observer | None = None) -> None:
+        self.settings = settings
+        self.engine_config = engine_config
+        self.observer = observer or Observer()
+        self.topics = settings.kafka.topics
+        self.exactly_once = settings.kafka.guarantee == "exactly_once"
+        self.stopping = False
+        self.ready = False
+        self.engine: Engine | None = None
+        self._runs: list[list[Any]] = []
+        self._last_snapshot = 0.0
+        self._consumer = None
+        self._producer = None
+        self._handler: Handler | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT (finish the batch, commit, exit) or a fatal error."""
+        self._check_topics()
+        self._install_signals()
+        self._consumer = kafka.consumer(self.settings.kafka.consumer_config())
+        self._start()
+        try:
+            while not self.stopping:
+                try:
+                    self._step()
+                except KafkaException as e:
+                    self._on_kafka_error(e.args[0])
+            self._commit()
+        finally:
+            self._close()
+        log.info("stopped cleanly")
+
+    def _start(self) -> None:
+        """(Re)build the producer, recover the engine and position the consumer."""
+        self.ready = False
+        if self._producer is not None:
+            self._producer.flush(5)
+        self._producer = kafka.producer(self.settings.kafka.producer_config())
+        if self.exactly_once:
+            self._producer.init_transactions(TXN_CALL_TIMEOUT_S)  # fences any older instance
+        offsets = self._recover()
+        self._assign(offsets)
+        if self.exactly_once:
+            self._producer.begin_transaction()
+            self._commit(force_snapshot=True)  # a fresh baseline: recovery never replays twice
+        self.ready = True
+
+    def _close(self) -> None:
+        self.ready = False
+        if self._producer is not None:
+            self._producer.flush(10)
+        if self._consumer is not None:
+            self._consumer.close()
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            if self.stopping:
+                log.warning("second signal: exiting at once")
+                os._exit(130)
+            log.info("signal %d: finishing the batch, committing, then exiting", signum)
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def _check_topics(self) -> None:
+        missing = missing_topics(self.settings.kafka.admin_config(), self.topics.all())
+        if missing:
+            names = ", ".join(missing)
+            raise ConfigError(f"missing topics: {names} (create them with `worker topics create`)")
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        interval = self.settings.kafka.commit_interval_ms / 1000
+        deadline = time.monotonic() + interval
+        while not self.stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            messages = self._consumer.consume(num_messages=self.settings.max_batch, timeout=remaining)
+            for msg in messages:
+                if msg.error():
+                    self._on_consume_error(msg.error())
+                    continue
+                self._handler.handle(msg, emit=True)
+                self._record(msg)
+        self._commit()
+
+    def _record(self, msg: Any) -> None:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        runs = self._runs
+        if runs and runs[-1][0] == topic and runs[-1][1] == partition and runs[-1][3] < offset:
+            runs[-1][3] = offset
+        else:
+            runs.append([topic, partition, offset, offset])
+
+    def _commit(self, force_snapshot: bool = False) -> None:
+        snapshot_due = force_snapshot or (
+            self._runs and (time.monotonic() - self._last_snapshot >= self.settings.kafka.snapshot_interval_s
+                            or self.engine.snapshot_requested)
+        )
+        if not self._runs and not snapshot_due:
+            return
+        if self.exactly_once:
+            self._commit_transaction(snapshot_due)
+        else:
+            self._producer.poll(0)
+            if snapshot_due:
+                self._save_local()
+        self._runs = []
+
+    def _commit_transaction(self, snapshot: bool) -> None:
+        producer = self._producer
+        if snapshot:
+            began = time.monotonic()
+            self.engine.snapshot_requested = False
+            meta = {"events": self.engine.counts["events"], "champion": self.engine.champion}
+            self._checkpoints.write_snapshot(producer, self.engine.snapshot(self.settings.secret), meta)
+            self._last_snapshot = time.monotonic()
+            log.debug("snapshot written in %.3fs", self._last_snapshot - began)
+        elif self._runs:
+            self._checkpoints.write_progress(producer, self._runs)
+        positions = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
+        if positions:
+            producer.send_offsets_to_transaction(positions, self._consumer.consumer_group_metadata(),
+                                                 TXN_CALL_TIMEOUT_S)
+        self._retrying(producer.commit_transaction)
+        producer.begin_transaction()
+
+    def _retrying(self, call: Any) -> None:
+        """Retry a transactional call while librdkafka says the error is retriable."""
+        while True:
+            try:
+                call(TXN_CALL_TIMEOUT_S)
+                return
+            except KafkaException as e:
+                if not e.args[0].retriable() or self.stopping and not self.exactly_once:
+                    raise
+                log.warning("broker not answering (%s); retrying the commit", e.args[0].str())
+
+    # --- recovery ------------------------------------------------------------------------
+
+    def _recover(self) -> dict[tuple[str, int], int]:
+        """Rebuild the engine; return the input offsets to continue from."""
+        reader = kafka.reader({**self.settings.kafka.consumer_config(),
+                               "group.id": f"{self.settings.kafka.group}.recovery"})
+        try:
+            return self._recover_from_kafka(reader) if self.exactly_once else self._recover_from_file()
+        finally:
+            reader.close()
+
+    def _recover_from_kafka(self, reader: Any) -> dict[tuple[str, int], int]:
+        self._checkpoints = KafkaCheckpoints(self.topics.worker_state, self.settings.chunk_bytes)
+        loaded = self._checkpoints.load(reader)
+        self._new_engine(loaded.snapshot)
+        runs: list[Run] = [] if self.settings.fresh else loaded.runs
+        began = time.monotonic()
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for topic, partition, first, last in runs:
+            low, high = spans.get((topic, partition), (first, last))
+            spans[topic, partition] = (min(low, first), max(high, last))
+        messages = kafka.read_spans(reader, spans) if spans else {}
+        for topic, partition, first, last in runs:
+            stored = messages[topic, partition]
+            for offset in range(first, last + 1):
+                msg = stored.get(offset)  # gaps: transaction markers, aborted messages
+                if msg is not None:
+                    self._handler.handle(msg, emit=False)
+        if runs:
+            log.info("recovered: replayed %d input ranges in %.1fs", len(runs), time.monotonic() - began)
+        return kafka.committed(self._consumer, self._all_partitions())
+
+    def _recover_from_file(self) -> dict[tuple[str, int], int]:
+        settings = self.settings
+        self._local = LocalCheckpoints(settings.state_dir, settings.kafka.group, settings.secret)
+        saved = None if self.settings.fresh else self._local.load()
+        self._new_engine(saved[0] if saved else None)
+        if saved:
+            return saved[1]
+        return kafka.committed(self._consumer, self._all_partitions())
+
+    def _new_engine(self, snapshot: bytes | None) -> None:
+        if snapshot is not None and not self.settings.fresh:
+            self.engine = Engine.restore(snapshot, self.settings.secret, self.engine_config, self.observer)
+            log.info("restored engine: champion v%d, challenger v%s, %d events seen",
+                     self.engine.champion, self.engine.challenger, self.engine.counts["events"])
+        else:
+            self.engine = Engine(self.engine_config, self.observer)
+            log.info("new engine%s", " (--fresh: stored state ignored)" if self.settings.fresh else "")
+        self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
+                                secret=self.settings.secret,
+                                require_signed_commands=self.settings.require_signed_commands)
+
+    def _all_partitions(self) -> list[TopicPartition]:
+        inputs = (self.topics.events, self.topics.labels, self.topics.control)
+        return [TopicPartition(t, p) for t in inputs for p in kafka.partitions_of(self._consumer, t)]
+
+    def _assign(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Inputs resume where the committed state ends; with no state, events and labels
+        start at the beginning and control at its end (ARCHITECTURE.md §2)."""
+        assignment = []
+        for tp in self._all_partitions():
+            default = OFFSET_END if tp.topic == self.topics.control else OFFSET_BEGINNING
+            offset = offsets.get((tp.topic, tp.partition), default)
+            assignment.append(TopicPartition(tp.topic, tp.partition, offset))
+        self._consumer.assign(assignment)
+
+    def _save_local(self) -> None:
+        self._producer.flush(TXN_CALL_TIMEOUT_S)
+        positions = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
+        self._local.save(self.engine.snapshot(self.settings.secret),
+                         {(tp.topic, tp.partition): tp.offset for tp in positions})
+        if positions:
+            self._consumer.commit(offsets=positions, asynchronous=False)
+        self._last_snapshot = time.monotonic()
+
+    # --- errors --------------------------------------------------------------------------
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        if kafka.is_fenced(error):
+            raise Fenced(f"fenced: another instance of group {self.settings.kafka.group!r} took over "
+                         f"(transactional.id {self.settings.kafka.transactional_id}); exiting")
+        if error.txn_requires_abort():
+            log.warning("transaction aborted (%s): recovering from the last commit", error.str())
+            self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
+            self._restart()
+        elif error.fatal() or error.code() == KafkaError._TIMED_OUT:
+            log.warning("producer failed (%s): new producer, recovering", error.str())
+            self._restart()
+        elif error.retriable():
+            log.warning("retriable Kafka error: %s", error.str())
+        else:
+            raise KafkaException(error)
+
+    def _restart(self) -> None:
+        self._runs = []
+        while not self.stopping:
+            try:
+                self._start()
+                return
+            except KafkaException as e:
+                if kafka.is_fenced(e.args[0]):
+                    self._on_kafka_error(e.args[0])
+                log.warning("recovery failed (%s); retrying", e.args[0].str())
+                time.sleep(1.0)
+
+    def _on_consume_error(self, error: KafkaError) -> None:
+        now = time.monotonic()
+        if now - getattr(self, "_last_consume_error", 0.0) >= 5.0:
+            self._last_consume_error = now
+            log.warning("Kafka: %s (waiting for the broker)", error.str())
