@@ -7,11 +7,12 @@ The Kafka worker and ``worker replay`` both drive this one class (ARCHITECTURE.m
   that arrived early) it evaluates and trains at once, else the features wait in a
   bounded pending buffer for :meth:`Engine.process_label`;
 - :meth:`Engine.apply` applies a control command (an operator's or the engine's own);
-- the engine's own decisions are not applied where they are taken: they are queued as
-  commands (:meth:`Engine.take_decisions`) that the driver writes to the control log
-  and applies when read back, so every replica and restart agrees on who is champion.
-  Until then the policy holds. Challenger creation, inconclusive replacement and
-  drift resets only concern the trainer and apply at once.
+- the engine's own decisions are applied where they are taken and also queued as
+  commands (:meth:`Engine.take_decisions`) that the driver writes to the control log,
+  followed by the lifecycle events they caused; reading them back is a no-op (commands
+  are idempotent by ``command_id``). Applying at once, rather than when read back,
+  makes a decision's effect a function of the input order alone, not of commit timing:
+  two runs over the same input agree exactly, and a restart replays to the same state.
 - lifecycle events (:meth:`Engine.take_lifecycle`) say what happened, in order.
 
 The engine reads no clock and no randomness of its own: for a given input order it is
@@ -96,7 +97,6 @@ class Engine:
         self._promoted_at = 0
         self._transition_at = 0
         self._alarm_at = -(10**12)  # labelled count of the challenger's last worsening alarm
-        self._awaiting: str | None = None  # id of our own decision not yet read back
         self._applied: OrderedDict[str, None] = OrderedDict()
         self._decisions: list[Command] = []
         self._lifecycle: list[LifecycleEvent] = []
@@ -188,7 +188,9 @@ class Engine:
         # the test pairs only events scored by the current champion and challenger
         if self.test and h and (c.version, h.version) == (champ.version, chal.version):
             self.test.update(_loss(y, c.prediction), _loss(y, h.prediction))
-        if self.probation is not None and p is not None and p.version == prev.version:
+        # so does the probation, the current champion against the previous one
+        if (self.probation is not None and p is not None
+                and (c.version, p.version) == (champ.version, prev.version)):
             self.probation.update(_loss(y, c.prediction), _loss(y, p.prediction))
 
         if self.learning:
@@ -199,7 +201,7 @@ class Engine:
         if not self._warm and self.counts["labelled"] >= self.config.warmup_labels:
             self._warm = True
             self._new_challenger(f"warm-up over after {self.counts['labelled']} labelled events")
-        if self.config.policy == "auto" and self._awaiting is None:
+        if self.config.policy == "auto":
             self._consult_policy()
 
     def _evaluate(self, mv: ModelVersion, score: Score, y: Any) -> None:
@@ -274,7 +276,7 @@ class Engine:
             self._replace_challenger(None, f"inconclusive: {verdict.reason}")
 
     def _decide(self, kind: str, verdict: Verdict, to_version: int | None = None) -> None:
-        """Queue our own decision; it takes effect when :meth:`apply` sees it."""
+        """Apply our own decision now and queue it for the control log."""
         target = to_version if to_version is not None else self._chal.version
         at = self.counts["labelled"]
         command = Command(
@@ -282,8 +284,8 @@ class Engine:
             issued_by="worker", reason=verdict.reason, expected_champion=self._champ.version,
             to_version=to_version, ts=self._ts,
         )
-        self._awaiting = command.command_id
         self._decisions.append(command)
+        self.apply(command)
 
     # --- commands ------------------------------------------------------------------------
 
@@ -295,8 +297,6 @@ class Engine:
         self._applied[command.command_id] = None
         if len(self._applied) > _REMEMBERED_COMMANDS:
             self._applied.popitem(last=False)
-        if command.command_id == self._awaiting:
-            self._awaiting = None
         try:
             if command.type not in COMMAND_TYPES:
                 raise CommandRejected(f"unknown command type {command.type!r}")
@@ -314,8 +314,6 @@ class Engine:
     def reject(self, command: Command, reason: str) -> None:
         """Answer a command with ``command_rejected`` (also used by the edge, e.g. for a
         missing signature)."""
-        if command.command_id == self._awaiting:
-            self._awaiting = None
         self._emit("command_rejected", command.command_id, command=command.type,
                    issued_by=command.issued_by, reason=reason)
 
@@ -335,7 +333,7 @@ class Engine:
         self.counts["promotions"] += 1
         self._emit("promoted", command.command_id, from_version=old.version, to_version=new.version,
                    reason=command.reason, issued_by=command.issued_by, statistic=statistic)
-        self._new_challenger(f"after promotion of v{new.version}")
+        self._new_challenger(f"after promotion of v{new.version}", command.command_id)
 
     def _cmd_rollback(self, command: Command) -> None:
         target = command.to_version
@@ -345,6 +343,8 @@ class Engine:
             raise CommandRejected(f"v{target} is not a retained version")
         if target == self._champ.version:
             raise CommandRejected(f"v{target} is already the champion")
+        if self._chal is not None and target == self._chal.version:
+            raise CommandRejected(f"v{target} is the challenger, not a former champion: promote it instead")
         bad, restored = self._champ, self.registry[target]
         statistic = self.probation.summary() if self.probation else None
         if self._prev is not None and self._prev is not restored:
@@ -404,7 +404,7 @@ class Engine:
         if role == "champion":
             self.champion_history.append(mv.version)
 
-    def _new_challenger(self, reason: str) -> None:
+    def _new_challenger(self, reason: str, command_id: str | None = None) -> None:
         champ = self._champ
         if self.config.challenger_init == "copy":
             mv = self._create(champ.spec, copy.deepcopy(champ.model), champ.version, f"copy: {reason}")
@@ -414,7 +414,7 @@ class Engine:
         self._take_role(mv, "challenger")
         self._chal, self.test = mv, self.config.promotion.new_test()
         self._challenger_born = self.counts["labelled"]
-        self._emit("challenger_created", version=mv.version, init=self.config.challenger_init,
+        self._emit("challenger_created", command_id, version=mv.version, init=self.config.challenger_init,
                    spec=mv.spec, reason=reason)
 
     def _replace_challenger(self, command_id: str | None, reason: str) -> None:
@@ -426,7 +426,7 @@ class Engine:
         self._transition_at = self.counts["labelled"]
         self.counts["resets"] += 1
         self._emit("challenger_reset", command_id, version=old.version, reason=reason, statistic=statistic)
-        self._new_challenger(f"replaces v{old.version}")
+        self._new_challenger(f"replaces v{old.version}", command_id)
 
     def _end_probation(self) -> None:
         self.registry.retire(self._prev.version, keep_model=True)

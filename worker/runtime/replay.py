@@ -1,8 +1,7 @@
 """`worker replay`: drive the engine over records from a file and write what happened.
 
-Without Kafka the control log is this loop: the engine's own decisions are applied
-right after the event that produced them, which is what a worker does once it reads
-them back. Outputs in the run folder:
+Without Kafka there is no control log: the engine applies its own decisions as it
+takes them, exactly as it does in a Kafka worker. Outputs in the run folder:
 
 - ``lifecycle.jsonl``: every lifecycle event, in order;
 - ``timeline.jsonl``: the metrics of both models every ``timeline_every`` labels;
@@ -47,8 +46,7 @@ def replay(records: Iterable[Record | BadRecord], engine: Engine, out_dir: Path 
                     engine.process_label(record)
             except BadInputError as e:
                 bad.add(record.position[2] if record.position else None, str(e))
-            for command in engine.take_decisions():
-                engine.apply(command)
+            engine.take_decisions()  # already applied; a Kafka worker writes them to control
             for event in engine.take_lifecycle():
                 _write(lifecycle, lifecycle_dict(event))
             if engine.counts["labelled"] >= next_point:

@@ -114,6 +114,8 @@ class Worker:
             self._producer.begin_transaction()
             self._commit(force_snapshot=True)  # a fresh baseline: recovery never replays twice
         self.ready = True
+        log.info("ready: champion v%d, challenger v%s, reading %d partitions", self.engine.champion,
+                 self.engine.challenger, len(self._consumer.assignment()))
 
     def _close(self) -> None:
         self.ready = False

@@ -1,0 +1,129 @@
+"""Drive real `worker` processes against the real broker, and read what they wrote."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+SECRET = "test-secret"
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition",
+               interval_s: float = 0.2) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def create_all_topics(bootstrap: str, prefix: str, partitions: int) -> None:
+    out = subprocess.run([sys.executable, "-m", "worker", "topics", "create", "--bootstrap", bootstrap,
+                          "--topic-prefix", prefix, "--partitions", str(partitions)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    n = 0
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        n += 1
+        if n % 5000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    return n
+
+
+def event(i: int, *, label: Any = "auto", key: str | None = None, **features: Any) -> tuple[bytes, bytes]:
+    """A valid event message: id e<i>, two numeric features, an inline label by default."""
+    x = features or {"a": (i * 37 % 101) / 101, "b": (i * 53 % 97) / 97}
+    body: dict[str, Any] = {"id": f"e{i}", "features": x}
+    if label == "auto":
+        body["label"] = x.get("a", 0) > x.get("b", 0)
+    elif label is not None:
+        body["label"] = label
+    return (key or f"user-{i % 50}").encode(), orjson.dumps(body)
+
+
+def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list:
+    """Every committed message of every partition of ``topic`` (read_committed)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader",
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         "enable.partition.eof": True})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        done: set[int] = set()
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(partitions):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error():
+                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                done.add(msg.partition())
+                continue
+            out.append(msg)
+        return out
+    finally:
+        consumer.close()
+
+
+def json_values(messages: list) -> list[dict]:
+    return [orjson.loads(m.value()) for m in messages]
+
+
+class WorkerProcess:
+    """`python -m worker run …` in its own process group, its log in a file."""
+
+    def __init__(self, bootstrap: str, prefix: str, log_path: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self.args = [sys.executable, "-m", "worker", "run", "--bootstrap", bootstrap,
+                     "--topic-prefix", prefix, "--group", f"{prefix}group", "--secret", SECRET,
+                     "--snapshot-interval-s", "1", *args]
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        wait_until(lambda: '"message": "ready' in self.log() or self.proc.poll() is not None,
+                   timeout_s, "the worker to be ready")
+        assert self.proc.poll() is None, f"worker exited early:\n{self.log()[-3000:]}"
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self._log.close()
