@@ -208,9 +208,11 @@ class Engine:
         mv.metrics.update(y, score.prediction, score.proba)
         detector = mv.detector
         if detector is not None:
-            detector.update(_loss(y, score.prediction))
+            loss = _loss(y, score.prediction)
+            window = _adaptive_window(detector)
+            detector.update(loss)
             if detector.drift_detected:
-                self._on_drift(mv)
+                self._on_drift(mv, _error_change(detector, window, loss))
 
     def _train(self, mv: ModelVersion, x: dict, y: Any) -> None:
         try:
@@ -232,10 +234,13 @@ class Engine:
 
     # --- drift and policy ----------------------------------------------------------------
 
-    def _on_drift(self, mv: ModelVersion) -> None:
+    def _on_drift(self, mv: ModelVersion, change: tuple[float, float] | None) -> None:
         role = "champion" if mv is self._champ else "challenger"
-        cumulative, window = mv.metrics.cumulative(), mv.metrics.windowed()
-        before, after = 1.0 - cumulative["accuracy"], 1.0 - window["accuracy"]
+        if change is not None:  # the detector's own split at the change point
+            before, after = change
+        else:  # a detector that does not expose its window: the metrics' views
+            cumulative, window = mv.metrics.cumulative(), mv.metrics.windowed()
+            before, after = 1.0 - cumulative["accuracy"], 1.0 - window["accuracy"]
         self._emit("drift_detected", role=role, version=mv.version, detector=self.config.detector,
                    error_before=before, error_after=after)
         if role != "challenger" or self.config.policy != "auto" or after <= before:
@@ -533,6 +538,32 @@ class Engine:
 def _predict(model: Any, x: dict) -> tuple[Any, dict]:
     proba = model.predict_proba_one(x)
     return predict_from_proba(proba), proba
+
+
+def _adaptive_window(detector: Any) -> tuple[float, float] | None:
+    """(sum, width) of an ADWIN-like detector's window, or None for other detectors."""
+    try:
+        return float(detector.total), float(detector.width)
+    except AttributeError:
+        return None
+
+
+def _error_change(detector: Any, window: tuple[float, float] | None, loss: int) -> tuple[float, float] | None:
+    """The error rate before and after the change point an ADWIN-like detector just found.
+
+    On a detection ADWIN drops the older part of its window: "before" is the mean loss of
+    the dropped part, "after" the mean of the part it kept. (The metrics' cumulative and
+    sliding-window views cannot tell: they are equal while a model is younger than the
+    window, and a window that mostly predates the change hides a rise.)
+    """
+    if window is None:
+        return None
+    total, width = window
+    kept_total, kept = _adaptive_window(detector)
+    dropped = width + 1.0 - kept
+    if dropped <= 0 or kept <= 0:
+        return None
+    return (total + loss - kept_total) / dropped, kept_total / kept
 
 
 def _loss(y: Any, y_pred: Any) -> int:

@@ -1,9 +1,9 @@
 """The one interface through which the engine reports what it does, for metrics.
 
-The engine calls these hooks; the Prometheus edge (`worker.obs`) overrides them. The
-default does nothing, so the core never depends on a metrics library. Per-model metric
-values are not pushed through here: an exporter reads them from `Engine.status()` when
-it is scraped.
+The engine calls these hooks (the run loop calls the last three: timings, dead letters);
+the Prometheus edge (`worker.obs`) overrides them. The default does nothing, so the core
+never depends on a metrics library. Per-model metric values are not pushed through
+here: an exporter reads them from `Engine.status()` when it is scraped.
 """
 
 from __future__ import annotations
@@ -29,3 +29,15 @@ class Observer:
 
     def lifecycle(self, event: LifecycleEvent) -> None:
         """A lifecycle event was emitted (promotion, rollback, drift, command answer)."""
+
+    # --- called by the runtime (worker.runtime), not by the engine ------------------------
+
+    def observe_batch(self, seconds: float, events: int) -> None:
+        """The run loop handled ``events`` input messages in ``seconds`` (consume wait
+        excluded)."""
+
+    def observe_checkpoint(self, seconds: float) -> None:
+        """An engine snapshot (with its offsets) was written in ``seconds``."""
+
+    def dead_letter(self) -> None:
+        """One input message was written to the dead-letter topic."""

@@ -41,7 +41,7 @@ class Loaded:
     after_progress: int = 0
     runs: list[Run] = field(default_factory=list)  # to replay, in order
     next_seq: int = 1
-    stale_keys: list[bytes] = field(default_factory=list)  # to tombstone at the next snapshot
+    instance: str | None = None  # id of the instance that started last
 
 
 class KafkaCheckpoints:
@@ -61,6 +61,11 @@ class KafkaCheckpoints:
         producer.produce(self.topic, key=key, value=orjson.dumps({"seq": seq, "runs": runs}))
         self._since_snapshot.append(key)
 
+    def write_instance(self, producer: Producer, instance: str) -> None:
+        """Say which instance runs now: a fenced instance reads it to tell a takeover
+        (another instance) from a transaction that timed out (itself)."""
+        producer.produce(self.topic, key=b"instance", value=instance.encode())
+
     def write_snapshot(self, producer: Producer, data: bytes, meta: dict[str, Any]) -> None:
         chunks = split_chunks(data, self.chunk_bytes)
         for i, chunk in enumerate(chunks):
@@ -78,7 +83,7 @@ class KafkaCheckpoints:
         for msg in read_range(client, self.topic, 0, 0):
             latest[msg.key()] = msg.value()
         live = {k: v for k, v in latest.items() if v is not None}
-        loaded = Loaded()
+        loaded = Loaded(instance=live[b"instance"].decode() if b"instance" in live else None)
         progress = {int(k.split(b":")[1]): orjson.loads(v) for k, v in live.items()
                     if k.startswith(b"progress:")}
         if b"manifest" in live:

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,8 @@ class Worker:
         self._consumer = None
         self._producer = None
         self._handler: Handler | None = None
+        self.instance = uuid.uuid4().hex
+        self._fresh = settings.fresh  # only the first start discards the stored state
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -108,12 +111,17 @@ class Worker:
         self._producer = kafka.producer(self.settings.kafka.producer_config())
         if self.exactly_once:
             self._producer.init_transactions(TXN_CALL_TIMEOUT_S)  # fences any older instance
+            self._checkpoints = KafkaCheckpoints(self.topics.worker_state, self.settings.chunk_bytes)
+            self._producer.begin_transaction()  # announce ourselves at once (see _taken_over)
+            self._checkpoints.write_instance(self._producer, self.instance)
+            self._producer.commit_transaction(TXN_CALL_TIMEOUT_S)
         offsets = self._recover()
         self._assign(offsets)
         if self.exactly_once:
             self._producer.begin_transaction()
             self._commit(force_snapshot=True)  # a fresh baseline: recovery never replays twice
         self.ready = True
+        self._fresh = False
         log.info("ready: champion v%d, challenger v%s, reading %d partitions", self.engine.champion,
                  self.engine.challenger, len(self._consumer.assignment()))
 
@@ -223,10 +231,9 @@ class Worker:
             reader.close()
 
     def _recover_from_kafka(self, reader: Any) -> dict[tuple[str, int], int]:
-        self._checkpoints = KafkaCheckpoints(self.topics.worker_state, self.settings.chunk_bytes)
         loaded = self._checkpoints.load(reader)
         self._new_engine(loaded.snapshot)
-        runs: list[Run] = [] if self.settings.fresh else loaded.runs
+        runs: list[Run] = [] if self._fresh else loaded.runs
         began = time.monotonic()
         spans: dict[tuple[str, int], tuple[int, int]] = {}
         for topic, partition, first, last in runs:
@@ -246,20 +253,20 @@ class Worker:
     def _recover_from_file(self) -> dict[tuple[str, int], int]:
         settings = self.settings
         self._local = LocalCheckpoints(settings.state_dir, settings.kafka.group, settings.secret)
-        saved = None if self.settings.fresh else self._local.load()
+        saved = None if self._fresh else self._local.load()
         self._new_engine(saved[0] if saved else None)
         if saved:
             return saved[1]
         return kafka.committed(self._consumer, self._all_partitions())
 
     def _new_engine(self, snapshot: bytes | None) -> None:
-        if snapshot is not None and not self.settings.fresh:
+        if snapshot is not None and not self._fresh:
             self.engine = Engine.restore(snapshot, self.settings.secret, self.engine_config, self.observer)
             log.info("restored engine: champion v%d, challenger v%s, %d events seen",
                      self.engine.champion, self.engine.challenger, self.engine.counts["events"])
         else:
             self.engine = Engine(self.engine_config, self.observer)
-            log.info("new engine%s", " (--fresh: stored state ignored)" if self.settings.fresh else "")
+            log.info("new engine%s", " (--fresh: stored state ignored)" if self._fresh else "")
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
                                 secret=self.settings.secret,
                                 require_signed_commands=self.settings.require_signed_commands)
@@ -290,20 +297,39 @@ class Worker:
     # --- errors --------------------------------------------------------------------------
 
     def _on_kafka_error(self, error: KafkaError) -> None:
-        if kafka.is_fenced(error):
+        if kafka.is_fenced(error) and self._taken_over():
             raise Fenced(f"fenced: another instance of group {self.settings.kafka.group!r} took over "
                          f"(transactional.id {self.settings.kafka.transactional_id}); exiting")
         if error.txn_requires_abort():
             log.warning("transaction aborted (%s): recovering from the last commit", error.str())
             self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
             self._restart()
-        elif error.fatal() or error.code() == KafkaError._TIMED_OUT:
+        elif error.fatal() or error.code() == KafkaError._TIMED_OUT:  # e.g. fenced by a txn timeout
             log.warning("producer failed (%s): new producer, recovering", error.str())
             self._restart()
         elif error.retriable():
             log.warning("retriable Kafka error: %s", error.str())
         else:
             raise KafkaException(error)
+
+    def _taken_over(self, wait_s: float = 5.0) -> bool:
+        """Fenced by a newer instance, or by the broker aborting a transaction of ours
+        that timed out? A new instance commits its id to worker-state right after it
+        fences us; while the id there is still ours after ``wait_s``, it was a timeout."""
+        reader = kafka.reader({**self.settings.kafka.consumer_config(),
+                               "group.id": f"{self.settings.kafka.group}.recovery"})
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                if KafkaCheckpoints(self.topics.worker_state).load(reader).instance != self.instance:
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.5)
+        except KafkaException:
+            return True  # cannot tell: stopping is the safe side
+        finally:
+            reader.close()
 
     def _restart(self) -> None:
         self._runs = []
@@ -312,7 +338,7 @@ class Worker:
                 self._start()
                 return
             except KafkaException as e:
-                if kafka.is_fenced(e.args[0]):
+                if kafka.is_fenced(e.args[0]) and self._taken_over():
                     self._on_kafka_error(e.args[0])
                 log.warning("recovery failed (%s); retrying", e.args[0].str())
                 time.sleep(1.0)

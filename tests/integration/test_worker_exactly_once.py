@@ -1,0 +1,180 @@
+"""`worker run` end to end on the real broker: exactly-once predictions, crashes, takeovers."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import orjson
+import pytest
+
+from tests.integration.harness import (
+    SECRET,
+    WorkerProcess,
+    create_all_topics,
+    json_values,
+    produce,
+    read_all,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def drifting_event(i: int, switch_at: int) -> tuple[bytes, bytes]:
+    """Two features; the concept flips at ``switch_at`` (abrupt drift)."""
+    rng = random.Random(i)
+    a, b = rng.random(), rng.random()
+    label = (a > b) if i < switch_at else (a < b)
+    body = {"id": f"e{i}", "features": {"a": a, "b": b}, "label": label}
+    return f"user-{i % 97}".encode(), orjson.dumps(body)
+
+
+def predicted_ids(bootstrap: str, prefix: str) -> Counter:
+    return Counter(p["id"] for p in json_values(read_all(bootstrap, prefix + "predictions")))
+
+
+def wait_for_predictions(bootstrap: str, prefix: str, n: int, timeout_s: float = 120) -> Counter:
+    return wait_until(lambda: (c := predicted_ids(bootstrap, prefix)) and sum(c.values()) >= n and c,
+                      timeout_s, f"{n} predictions", interval_s=1.0)
+
+
+def status(bootstrap: str, prefix: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "worker", "control", "status", "--bootstrap", bootstrap,
+                          "--topic-prefix", prefix, "--secret", SECRET, "--wait", "60"],
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stdout + out.stderr
+    answers = [orjson.loads(line) for line in out.stdout.splitlines()]
+    return next(a for a in answers if a["type"] == "status_report")["detail"]
+
+
+def test_every_event_predicted_once_by_the_champion_of_the_moment(bootstrap, unique, tmp_path):
+    prefix = unique("eo") + "."
+    create_all_topics(bootstrap, prefix, partitions=3)
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        produce(bootstrap, prefix + "events", (drifting_event(i, 10_000) for i in range(20_000)))
+        ids = wait_for_predictions(bootstrap, prefix, 20_000)
+        assert len(ids) == 20_000 and set(ids.values()) == {1}, "each event id exactly once"
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+
+    where = {orjson.loads(m.value())["id"]: (m.partition(), m.offset())
+             for m in read_all(bootstrap, prefix + "events")}
+    changes = [e for e in json_values(read_all(bootstrap, prefix + "control"))
+               if e.get("type") in ("promoted", "rolled_back")]
+    assert changes, "the drift at event 10,000 should lead to at least one promotion"
+    events_topic = prefix + "events"
+
+    def champion_at(partition: int, offset: int) -> int:
+        champion = 1
+        for change in changes:  # in control-log order
+            done = change["offsets"].get(f"{events_topic}:{partition}", -1)
+            if offset <= done:  # processed before this change took effect
+                break
+            champion = change["champion"]
+        return champion
+
+    predictions = json_values(read_all(bootstrap, prefix + "predictions"))
+    wrong = [p for p in predictions if p["model_version"] != champion_at(*where[p["id"]])]
+    assert not wrong, f"{len(wrong)} predictions not served by the champion of the moment: {wrong[:3]}"
+    assert {p["served_by"] for p in predictions} == {"champion"}
+
+
+def steady_producer(bootstrap: str, topic: str, events, rate_per_s: float) -> threading.Thread:
+    def run() -> None:
+        began = time.monotonic()
+        batch = []
+        for n, record in enumerate(events, start=1):
+            batch.append(record)
+            if len(batch) == 500:
+                produce(bootstrap, topic, batch)
+                batch = []
+                ahead = n / rate_per_s - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing the load, not synchronisation
+        produce(bootstrap, topic, batch)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_kill_9_three_times_loses_and_duplicates_nothing(bootstrap, unique, tmp_path):
+    prefix = unique("crash") + "."
+    create_all_topics(bootstrap, prefix, partitions=3)
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(bootstrap, prefix, log)
+    worker.wait_ready()
+    sender = steady_producer(bootstrap, prefix + "events", (drifting_event(i, 25_000) for i in range(50_000)),
+                             rate_per_s=4000)
+    rng = random.Random(7)
+    for _ in range(3):
+        seen = sum(predicted_ids(bootstrap, prefix).values())
+        wait_until(lambda s=seen: sum(predicted_ids(bootstrap, prefix).values()) > s + rng.randint(500, 4000),
+                   90, "predictions to progress", interval_s=0.3)
+        worker.kill()
+        worker = WorkerProcess(bootstrap, prefix, log)
+        worker.wait_ready()
+    sender.join(120)
+    try:
+        ids = wait_for_predictions(bootstrap, prefix, 50_000)
+        assert len(ids) == 50_000, f"missing {50_000 - len(ids)} event ids"
+        assert max(ids.values()) == 1, f"duplicated: {[k for k, v in ids.items() if v > 1][:5]}"
+        final = status(bootstrap, prefix)
+        assert final["counts"]["events"] == 50_000, final["counts"]
+        assert final["counts"]["labelled"] == 50_000, "every labelled event learned exactly once"
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    assert worker.log().count('"message": "recovered') >= 3
+
+
+def test_one_partition_crashes_end_where_an_uninterrupted_run_ends(bootstrap, unique, tmp_path):
+    events = [drifting_event(i, 8_000) for i in range(16_000)]
+    finals = []
+    for kills in (0, 2):
+        prefix = unique(f"det{kills}") + "."
+        create_all_topics(bootstrap, prefix, partitions=1)
+        worker = WorkerProcess(bootstrap, prefix, tmp_path / f"worker{kills}.log")
+        worker.wait_ready()
+        produce(bootstrap, prefix + "events", events)
+        for k in range(kills):
+            wait_until(lambda k=k, p=prefix: sum(predicted_ids(bootstrap, p).values()) > 4000 * (k + 1), 90,
+                       "progress before the kill", interval_s=0.3)
+            worker.kill()
+            worker = WorkerProcess(bootstrap, prefix, tmp_path / f"worker{kills}.log")
+            worker.wait_ready()
+        try:
+            wait_for_predictions(bootstrap, prefix, len(events))
+            finals.append(status(bootstrap, prefix))
+        finally:
+            assert worker.stop() == 0
+    uninterrupted, crashed = finals
+    assert uninterrupted["counts"]["promotions"] >= 1
+    for key in ("champion", "challenger", "counts", "served", "models", "test"):
+        assert crashed[key] == uninterrupted[key], key
+
+
+def test_a_second_instance_takes_over_and_fences_the_first(bootstrap, unique, tmp_path):
+    prefix = unique("roll") + "."
+    create_all_topics(bootstrap, prefix, partitions=4)
+    old = WorkerProcess(bootstrap, prefix, tmp_path / "old.log")
+    old.wait_ready()
+    sender = steady_producer(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(30_000)),
+                             rate_per_s=3000)
+    wait_until(lambda: sum(predicted_ids(bootstrap, prefix).values()) > 5000, 60, "the old worker to serve")
+    new = WorkerProcess(bootstrap, prefix, tmp_path / "new.log")
+    try:
+        new.wait_ready()
+        code = old.proc.wait(60)
+        assert code != 0 and "fenced" in old.log(), old.log()[-2000:]
+        sender.join(120)
+        ids = wait_for_predictions(bootstrap, prefix, 30_000)
+        assert len(ids) == 30_000 and max(ids.values()) == 1
+    finally:
+        assert new.stop() == 0, new.log()[-3000:]
