@@ -101,6 +101,7 @@ class WorkerProcess:
     def __init__(self, bootstrap: str, prefix: str, log_path: Path, *args: str,
                  env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
+        self._log_start = log_path.stat().st_size if log_path.exists() else 0  # earlier runs' lines
         self.args = [sys.executable, "-m", "worker", "run", "--bootstrap", bootstrap,
                      "--topic-prefix", prefix, "--group", f"{prefix}group", "--secret", SECRET,
                      "--snapshot-interval-s", "1", *args]
@@ -109,7 +110,10 @@ class WorkerProcess:
                                      env={**os.environ, **(env or {})}, start_new_session=True)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What this process logged (the file may hold earlier runs' lines too)."""
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace")
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         wait_until(lambda: '"message": "ready' in self.log() or self.proc.poll() is not None,
