@@ -64,9 +64,17 @@ def load_document(config_path: str | None) -> dict:
 def engine_config(config_path: str | None, **flags):
     """The frozen engine settings from the TOML file's [engine] table and the flags."""
     from worker.core.config import EngineConfig
+    from worker.core.modelspec import validate_model
+    from worker.errors import SpecError
 
     values = dict(load_document(config_path).get("engine", {}))
     values.update({k: v for k, v in flags.items() if v is not None})
+    for name in ("champion", "challenger"):  # say which of the two specs is refused
+        if isinstance(values.get(name), str):
+            try:
+                validate_model(values[name])
+            except SpecError as e:
+                raise SpecError(f"{name}: {e}") from None
     return EngineConfig.from_mapping(values)
 
 

@@ -34,7 +34,7 @@ class Observer:
 
     def observe_batch(self, seconds: float, events: int) -> None:
         """The run loop handled ``events`` input messages in ``seconds`` (consume wait
-        excluded)."""
+        excluded). Called on the loop's thread after every consume, also with 0 events."""
 
     def observe_checkpoint(self, seconds: float) -> None:
         """An engine snapshot (with its offsets) was written in ``seconds``."""

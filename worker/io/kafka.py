@@ -18,7 +18,8 @@ from worker.errors import ConfigError
 log = logging.getLogger("worker.kafka")
 
 READ_TIMEOUT_S = 30.0
-FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                    KafkaError._FATAL})
 
 
 def consumer(config: dict[str, Any]) -> Consumer:
@@ -116,5 +117,7 @@ def committed(client: Consumer, partitions: list[TopicPartition]) -> dict[tuple[
             for tp in client.committed(partitions, timeout=10.0) if tp.offset >= 0}
 
 
-def is_fenced(error: KafkaError) -> bool:
-    return error.code() in FENCED
+def is_fatal(error: KafkaError) -> bool:
+    """The producer is unusable: fenced (by a newer instance, or by the broker after a
+    transaction timed out), or another fatal error (`produce` then reports `_FATAL`)."""
+    return error.fatal() or error.code() in FENCED

@@ -102,6 +102,7 @@ class Handler:
         self.producer.produce(self.topics.dlq, value=msg.value(), key=msg.key(),
                               headers=dlq_headers(reason, position))
         self.counts.dead_letters += 1
+        self.engine.observer.dead_letter()
         now = time.monotonic()
         if now - self._last_bad_log >= 1.0:  # rate-limited: one line per second at most
             self._last_bad_log = now

@@ -38,6 +38,7 @@ from worker.settings import KafkaSettings
 log = logging.getLogger("worker.run")
 
 TXN_CALL_TIMEOUT_S = 30.0
+HEARTBEAT_S = 2.0  # an idle exactly-once worker commits this often, to notice a takeover
 
 
 class Fenced(WorkerError):
@@ -78,6 +79,7 @@ class Worker:
         self.engine: Engine | None = None
         self._runs: list[list[Any]] = []
         self._last_snapshot = 0.0
+        self._last_commit = 0.0
         self._consumer = None
         self._producer = None
         self._handler: Handler | None = None
@@ -127,8 +129,11 @@ class Worker:
 
     def _close(self) -> None:
         self.ready = False
-        if self._producer is not None:
-            self._producer.flush(10)
+        try:
+            if self._producer is not None:
+                self._producer.flush(10)
+        except KafkaException as e:  # a fenced producer cannot flush; nothing is lost by it
+            log.debug("producer flush on close: %s", e.args[0].str())
         if self._consumer is not None:
             self._consumer.close()
 
@@ -159,12 +164,14 @@ class Worker:
             if remaining <= 0:
                 break
             messages = self._consumer.consume(num_messages=self.settings.max_batch, timeout=remaining)
+            began = time.monotonic()
             for msg in messages:
                 if msg.error():
                     self._on_consume_error(msg.error())
                     continue
                 self._handler.handle(msg, emit=True)
                 self._record(msg)
+            self.observer.observe_batch(time.monotonic() - began, len(messages))  # also when idle
         self._commit()
 
     def _record(self, msg: Any) -> None:
@@ -180,10 +187,15 @@ class Worker:
             self._runs and (time.monotonic() - self._last_snapshot >= self.settings.kafka.snapshot_interval_s
                             or self.engine.snapshot_requested)
         )
-        if not self._runs and not snapshot_due:
+        idle_for = time.monotonic() - self._last_commit
+        if not self._runs and not snapshot_due and not (self.exactly_once and idle_for >= HEARTBEAT_S):
             return
         if self.exactly_once:
+            if not self._runs and not snapshot_due:
+                # An idle instance would never learn that a newer one fenced it: touch the log.
+                self._checkpoints.write_instance(self._producer, self.instance)
             self._commit_transaction(snapshot_due)
+            self._last_commit = time.monotonic()
         else:
             self._producer.poll(0)
             if snapshot_due:
@@ -198,6 +210,7 @@ class Worker:
             meta = {"events": self.engine.counts["events"], "champion": self.engine.champion}
             self._checkpoints.write_snapshot(producer, self.engine.snapshot(self.settings.secret), meta)
             self._last_snapshot = time.monotonic()
+            self.observer.observe_checkpoint(self._last_snapshot - began)
             log.debug("snapshot written in %.3fs", self._last_snapshot - began)
         elif self._runs:
             self._checkpoints.write_progress(producer, self._runs)
@@ -286,6 +299,7 @@ class Worker:
         self._consumer.assign(assignment)
 
     def _save_local(self) -> None:
+        began = time.monotonic()
         self._producer.flush(TXN_CALL_TIMEOUT_S)
         positions = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
         self._local.save(self.engine.snapshot(self.settings.secret),
@@ -293,19 +307,23 @@ class Worker:
         if positions:
             self._consumer.commit(offsets=positions, asynchronous=False)
         self._last_snapshot = time.monotonic()
+        self.observer.observe_checkpoint(self._last_snapshot - began)
 
     # --- errors --------------------------------------------------------------------------
 
     def _on_kafka_error(self, error: KafkaError) -> None:
-        if kafka.is_fenced(error) and self._taken_over():
-            raise Fenced(f"fenced: another instance of group {self.settings.kafka.group!r} took over "
-                         f"(transactional.id {self.settings.kafka.transactional_id}); exiting")
-        if error.txn_requires_abort():
-            log.warning("transaction aborted (%s): recovering from the last commit", error.str())
-            self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
+        if kafka.is_fatal(error):
+            if self.exactly_once and self._taken_over():
+                raise Fenced(f"fenced: another instance of group {self.settings.kafka.group!r} took over "
+                             f"(transactional.id {self.settings.kafka.transactional_id}); exiting")
+            log.warning("producer failed (%s): new producer, recovering from the last commit", error.str())
             self._restart()
-        elif error.fatal() or error.code() == KafkaError._TIMED_OUT:  # e.g. fenced by a txn timeout
-            log.warning("producer failed (%s): new producer, recovering", error.str())
+        elif error.txn_requires_abort() or error.code() == KafkaError._TIMED_OUT:
+            log.warning("transaction aborted (%s): recovering from the last commit", error.str())
+            try:
+                self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
+            except KafkaException as e:
+                log.warning("abort failed (%s): new producer", e.args[0].str())
             self._restart()
         elif error.retriable():
             log.warning("retriable Kafka error: %s", error.str())
@@ -338,8 +356,9 @@ class Worker:
                 self._start()
                 return
             except KafkaException as e:
-                if kafka.is_fenced(e.args[0]) and self._taken_over():
-                    self._on_kafka_error(e.args[0])
+                if kafka.is_fatal(e.args[0]) and self._taken_over():
+                    raise Fenced(f"fenced while recovering: another instance of group "
+                                 f"{self.settings.kafka.group!r} took over; exiting") from None
                 log.warning("recovery failed (%s); retrying", e.args[0].str())
                 time.sleep(1.0)
 
