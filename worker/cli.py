@@ -7,7 +7,9 @@ turns all of that into frozen settings objects and hands them to the components.
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -152,6 +154,7 @@ def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_i
     from worker.runtime.worker import Worker
 
     logs.setup(log_level)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     flags = {"bootstrap": bootstrap, "group": group, "topic_prefix": topic_prefix, "guarantee": guarantee,
              "commit_interval_ms": commit_interval_ms, "snapshot_interval_s": snapshot_interval_s,
              "metrics_port": metrics_port, "secret": secret, "state_dir": state_dir, "fresh": fresh,

@@ -7,8 +7,9 @@ design does (ARCHITECTURE.md §4).
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -22,16 +23,45 @@ FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.I
                     KafkaError._FATAL})
 
 
+class _OncePer(logging.Filter):
+    """librdkafka repeats a failing connect every ~50 ms: let one line per kind through
+    every ``interval_s`` seconds."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = f"{record.levelno}:{str(record.msg)[:12]}"
+        now = time.monotonic()
+        if now - self._last.get(kind, -1e9) < self.interval_s:
+            return False
+        self._last[kind] = now
+        return True
+
+
+log.addFilter(_OncePer(5.0))
+
+
+def _on_error(error: KafkaError) -> None:
+    """Client-level errors (not tied to a message): say plainly that we wait."""
+    if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
+        log.warning("Kafka broker unreachable (%s): waiting for the broker, retrying", error.str())
+    else:
+        log.warning("Kafka client error: %s", error.str())
+
+
 def consumer(config: dict[str, Any]) -> Consumer:
     try:
-        return Consumer({"logger": log, **config})
+        return Consumer({"logger": log, "error_cb": _on_error, **config})
     except KafkaException as e:
         raise ConfigError(f"invalid Kafka consumer setting: {e.args[0].str()}") from None
 
 
 def producer(config: dict[str, Any]) -> Producer:
     try:
-        return Producer({"logger": log, **config})
+        return Producer({"logger": log, "error_cb": _on_error, **config})
     except KafkaException as e:
         raise ConfigError(f"invalid Kafka producer setting: {e.args[0].str()}") from None
 
@@ -115,6 +145,42 @@ def committed(client: Consumer, partitions: list[TopicPartition]) -> dict[tuple[
     """The group's committed offsets (only the partitions that have one)."""
     return {(tp.topic, tp.partition): tp.offset
             for tp in client.committed(partitions, timeout=10.0) if tp.offset >= 0}
+
+
+STUCK = KafkaError._TIMED_OUT_QUEUE  # our code for "a call outlived its timeout"
+
+
+def call_bounded(call: Callable[..., Any], *args: Any, grace_s: float = 5.0) -> Any:
+    """Run ``call(*args, timeout)`` (timeout = the last argument) and give up waiting
+    ``grace_s`` after that timeout.
+
+    librdkafka's ``send_offsets_to_transaction`` can block forever past its timeout when
+    the group coordinator went away (confluentinc/librdkafka#5456, #5511): a broker
+    restart is enough. The call runs on a helper thread; if it is still blocked, the
+    producer is lost to that thread and the caller must build a new one (``STUCK``).
+    """
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(("ok", call(*args)))
+        except BaseException as e:  # noqa: BLE001 - handed over to the calling thread
+            outcome.append(("error", e))
+
+    thread = threading.Thread(target=run, name=f"kafka-{call.__name__}", daemon=True)
+    thread.start()
+    limit = args[-1] + grace_s
+    deadline = time.monotonic() + limit
+    thread.join(min(2.0, limit))
+    while thread.is_alive() and time.monotonic() < deadline:
+        log.warning("Kafka not answering (%s blocked): waiting for the broker", call.__name__)
+        thread.join(min(2.0, max(0.0, deadline - time.monotonic())))
+    if not outcome:
+        raise KafkaException(KafkaError(STUCK, f"{call.__name__} still blocked after {limit:g}s"))
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def is_fatal(error: KafkaError) -> bool:

@@ -38,6 +38,7 @@ from worker.settings import KafkaSettings
 log = logging.getLogger("worker.run")
 
 TXN_CALL_TIMEOUT_S = 30.0
+OFFSETS_TIMEOUT_S = 10.0  # send_offsets_to_transaction; it may ignore it (see kafka.call_bounded)
 HEARTBEAT_S = 2.0  # an idle exactly-once worker commits this often, to notice a takeover
 
 
@@ -100,7 +101,8 @@ class Worker:
                     self._step()
                 except KafkaException as e:
                     self._on_kafka_error(e.args[0])
-            self._commit()
+            if self.ready:
+                self._commit()
         finally:
             self._close()
         log.info("stopped cleanly")
@@ -216,8 +218,8 @@ class Worker:
             self._checkpoints.write_progress(producer, self._runs)
         positions = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
         if positions:
-            producer.send_offsets_to_transaction(positions, self._consumer.consumer_group_metadata(),
-                                                 TXN_CALL_TIMEOUT_S)
+            metadata = self._consumer.consumer_group_metadata()
+            kafka.call_bounded(producer.send_offsets_to_transaction, positions, metadata, OFFSETS_TIMEOUT_S)
         self._retrying(producer.commit_transaction)
         producer.begin_transaction()
 
@@ -312,7 +314,11 @@ class Worker:
     # --- errors --------------------------------------------------------------------------
 
     def _on_kafka_error(self, error: KafkaError) -> None:
-        if kafka.is_fatal(error):
+        if error.code() == kafka.STUCK:
+            log.warning("%s: abandoning the producer, recovering with a new one", error.str())
+            self._producer, self.ready = None, False  # a call is still blocked inside it: let it be
+            self._restart()
+        elif kafka.is_fatal(error):
             if self.exactly_once and self._taken_over():
                 raise Fenced(f"fenced: another instance of group {self.settings.kafka.group!r} took over "
                              f"(transactional.id {self.settings.kafka.transactional_id}); exiting")

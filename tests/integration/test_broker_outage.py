@@ -1,0 +1,62 @@
+"""The worker rides out a broker restart: it waits, reconnects, loses and duplicates nothing.
+
+This test runs its own broker (scripts/kafka-local on another port) so that stopping it
+disturbs no other test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import KAFKA_LOCAL
+from tests.integration.harness import WorkerProcess, create_all_topics, json_values, read_all, wait_until
+from tests.integration.test_worker_exactly_once import drifting_event, steady_producer
+
+PORT = 39_092
+pytestmark = pytest.mark.slow
+
+
+def kafka_local(command: str) -> None:
+    out = subprocess.run([sys.executable, str(KAFKA_LOCAL), command, "--port", str(PORT)],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.fixture
+def own_broker() -> Iterator[str]:
+    kafka_local("start")
+    try:
+        yield f"127.0.0.1:{PORT}"
+    finally:
+        kafka_local("stop")
+
+
+def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
+    bootstrap, prefix = own_broker, unique("outage") + "."
+    create_all_topics(bootstrap, prefix, partitions=2)
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log")
+    worker.wait_ready()
+    total = 16_000
+    sender = steady_producer(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(total)),
+                             rate_per_s=2000)
+
+    def served() -> int:
+        return len(read_all(bootstrap, prefix + "predictions"))
+
+    wait_until(lambda: served() > 3000, 60, "predictions before the outage")
+    kafka_local("stop")
+    wait_until(lambda: "waiting for the broker" in worker.log(), 60, "the worker to report the outage")
+    assert worker.proc.poll() is None, "the worker must wait for the broker, not exit"
+    kafka_local("start")
+    sender.join(180)
+    try:
+        wait_until(lambda: served() >= total, 180, f"{total} predictions after the restart", interval_s=1)
+        ids = Counter(p["id"] for p in json_values(read_all(bootstrap, prefix + "predictions")))
+        assert len(ids) == total and max(ids.values()) == 1, "nothing lost, nothing duplicated"
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]

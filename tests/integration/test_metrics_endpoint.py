@@ -1,0 +1,101 @@
+"""A real `worker run --metrics-port` serves /metrics, /healthz and /readyz."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.harness import SECRET, WorkerProcess, create_all_topics, event, produce, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, str] | None:
+    """(status, body), or None while nothing listens yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return None
+
+
+def scrape(base: str) -> dict[tuple[str, frozenset], float]:
+    reply = get(f"{base}/metrics")
+    assert reply is not None and reply[0] == 200, reply
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(reply[1]) for s in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def test_metrics_endpoint(bootstrap, unique, tmp_path):
+    prefix = unique("metrics") + "."
+    create_all_topics(bootstrap, prefix, partitions=2)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", "--metrics-port", str(port),
+                           "--policy", "manual")
+    try:
+        wait_until(lambda: get(f"{base}/healthz") == (200, "ok\n"), 60, "/healthz")
+        wait_until(lambda: get(f"{base}/readyz") == (200, "ok\n") or worker.proc.poll() is not None,
+                   60, "/readyz")
+        assert worker.proc.poll() is None, worker.log()[-3000:]
+        assert f'"message": "metrics on port {port}"' in worker.log()
+        assert value(scrape(base), "worker_events_total", served_by="champion") == 0
+        assert value(scrape(base), "worker_model_version", role="champion") == 1
+
+        produce(bootstrap, f"{prefix}events", (event(i) for i in range(200)))
+        wait_until(lambda: value(scrape(base), "worker_events_total", served_by="champion") == 200,
+                   60, "200 events counted")
+        samples = scrape(base)
+        assert value(samples, "worker_processing_latency_seconds_count") >= 200
+        assert value(samples, "worker_model_version", role="challenger") is None  # warm-up: 500 labels
+
+        def events_lag() -> dict[str, float]:
+            lag = {}
+            for (name, labels), v in scrape(base).items():
+                labels = dict(labels)
+                if name == "worker_consumer_lag_messages" and labels["topic"] == f"{prefix}events":
+                    lag[labels["partition"]] = v
+            return lag
+
+        wait_until(lambda: events_lag() == {"0": 0, "1": 0}, 30, "no lag on either events partition")
+
+        produce(bootstrap, f"{prefix}events", (event(i) for i in range(200, 700)))
+        wait_until(lambda: value(scrape(base), "worker_events_total", served_by="champion") == 700,
+                   60, "700 events counted")
+        samples = scrape(base)
+        assert value(samples, "worker_model_version", role="challenger") == 2
+        assert value(samples, "worker_labelled_events") == 700
+        wait_until(lambda: value(scrape(base), "worker_checkpoint_duration_seconds_count") >= 1,
+                   30, "a snapshot to be timed")
+
+        promote = subprocess.run(
+            [sys.executable, "-m", "worker", "control", "promote", "--bootstrap", bootstrap,
+             "--topic-prefix", prefix, "--secret", SECRET],
+            capture_output=True, text=True, timeout=90)
+        assert promote.returncode == 0, promote.stdout + promote.stderr
+
+        def promoted() -> dict | None:
+            samples = scrape(base)
+            return samples if value(samples, "worker_promotions_total") == 1 else None
+
+        samples = wait_until(promoted, 30, "the promotion to be counted")
+        assert value(samples, "worker_model_version", role="champion") == 2
+        assert value(samples, "worker_model_version", role="previous") == 1
+        assert value(samples, "worker_model_version", role="challenger") == 3
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]

@@ -1,0 +1,473 @@
+"""The worker's edges against a real broker: bad input, operator commands, delayed labels,
+start-up errors, and restarts (ARCHITECTURE.md §2, §4).
+
+Every test runs real `python -m worker` processes on its own topic prefix and waits on
+conditions (what the worker wrote to Kafka, what it answers on the control topic), never
+on sleeps.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.integration.harness import (
+    SECRET,
+    WorkerProcess,
+    create_all_topics,
+    event,
+    json_values,
+    produce,
+    read_all,
+    wait_until,
+)
+from worker.io.topics import topic_specs
+from worker.settings import TopicNames
+
+OTHER_SPEC = "preprocessing.StandardScaler | linear_model.LogisticRegression(l2=0.01)"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def control(
+    bootstrap: str, prefix: str, command: str, *args: str, secret: str | None = SECRET, wait_s: float = 60
+) -> tuple[int, list[dict[str, Any]], str]:
+    """`worker control COMMAND …`: (exit code, the JSON lines it printed, stderr)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "worker",
+        "control",
+        command,
+        "--bootstrap",
+        bootstrap,
+        "--topic-prefix",
+        prefix,
+        "--wait",
+        str(wait_s),
+        *args,
+    ]
+    if secret is not None:
+        argv += ["--secret", secret]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=wait_s + 30)
+    lines = [orjson.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    return out.returncode, lines, out.stderr
+
+
+def status(bootstrap: str, prefix: str, **kwargs: Any) -> dict[str, Any]:
+    """The worker's `status_report` detail (its engine's status())."""
+    code, lines, stderr = control(bootstrap, prefix, "status", **kwargs)
+    assert code == 0, (lines, stderr)
+    reports = [line for line in lines if line["type"] == "status_report"]
+    assert len(reports) == 1, lines
+    assert lines[-1]["type"] == "command_applied", lines
+    return reports[0]["detail"]
+
+
+def types(lines: list[dict[str, Any]]) -> list[str]:
+    return [line["type"] for line in lines]
+
+
+def produce_tracked(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]
+) -> list[tuple[int, int]]:
+    """Produce in order; the (partition, offset) each record was written at."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    positions: dict[int, tuple[int, int]] = {}
+
+    def delivered(i: int):
+        def on_delivery(err, msg) -> None:
+            assert err is None, err
+            positions[i] = (msg.partition(), msg.offset())
+
+        return on_delivery
+
+    for i, (key, value) in enumerate(records):
+        producer.produce(topic, key=key, value=value, on_delivery=delivered(i))
+    assert producer.flush(60) == 0
+    assert len(positions) == len(records)
+    return [positions[i] for i in range(len(records))]
+
+
+def predicted_ids(bootstrap: str, prefix: str) -> list[str]:
+    return [p["id"] for p in json_values(read_all(bootstrap, prefix + "predictions"))]
+
+
+def wait_predicted(bootstrap: str, prefix: str, count: int, timeout_s: float = 60) -> list[str]:
+    return wait_until(
+        lambda: (ids := predicted_ids(bootstrap, prefix)) and len(ids) >= count and ids,
+        timeout_s,
+        f"{count} predictions on {prefix}predictions",
+    )
+
+
+@contextmanager
+def running(bootstrap: str, prefix: str, log_path: Path, *args: str) -> Iterator[WorkerProcess]:
+    """A ready worker (its own log file); stopped at the end, and it must stop cleanly."""
+    assert not log_path.exists(), "one log file per worker process: wait_ready reads it"
+    worker = WorkerProcess(bootstrap, prefix, log_path, *args)
+    try:
+        worker.wait_ready()
+        yield worker
+    except BaseException:
+        stop(worker)
+        raise
+    code = stop(worker)
+    assert code == 0, f"the worker did not stop cleanly ({code}):\n{worker.log()[-3000:]}"
+
+
+def stop(worker: WorkerProcess) -> int:
+    """SIGTERM and wait; a worker that does not stop in time is killed (and that fails)."""
+    try:
+        return worker.stop(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        raise AssertionError(
+            f"the worker did not stop within 30s of SIGTERM:\n{worker.log()[-3000:]}"
+        ) from None
+
+
+def header_map(msg) -> dict[str, bytes]:
+    return dict(msg.headers() or [])
+
+
+# ------------------------------------------------------------------ 4. malformed input
+
+
+def bad_messages() -> list[tuple[str, bytes, str]]:
+    """(name, raw bytes, expected part of the dlq.error header)."""
+    return [
+        ("not json", b"this is not JSON {", "not JSON"),
+        ("json array", b'[{"id": "a", "features": {}}]', "must be a JSON object, got array"),
+        ("missing id", b'{"features": {"a": 1.0}, "label": true}', "missing id"),
+        ("features not an object", b'{"id": "f", "features": [1, 2]}', "features must be an object"),
+        ("NaN", b'{"id":"n","features":{"a":NaN}}', "not finite"),
+        ("huge string", orjson.dumps({"id": "h", "features": {"s": "x" * 5000}}), "longer than 4096"),
+        (
+            "10000 features",
+            orjson.dumps({"id": "w", "features": {f"f{i}": i for i in range(10_000)}}),
+            "too many features",
+        ),
+        ("label object", b'{"id": "l", "features": {"a": 1.0}, "label": {"x": 1}}', "label must be"),
+        ("empty", b"", "empty message"),
+        ("invalid utf-8", b'{"id": "\xff\xfe", "features": {"a": 1.0}}', "invalid UTF-8"),
+    ]
+
+
+def test_malformed_events_go_to_the_dlq_and_the_worker_goes_on(bootstrap, unique, tmp_path):
+    prefix = unique("dlq") + "."
+    create_all_topics(bootstrap, prefix, 3)
+    with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
+        bad = bad_messages()
+        records: list[tuple[bytes | None, bytes]] = []
+        valid_ids: list[str] = []
+        bad_index: dict[bytes, int] = {}  # key → index in records
+        for i in range(30):
+            records.append(event(i))
+            valid_ids.append(f"e{i}")
+            if i % 3 == 1:  # a bad one after every third valid one
+                name, raw, _reason = bad[i // 3]
+                key = f"bad-{i // 3}".encode()
+                bad_index[key] = len(records)
+                records.append((key, raw))
+        assert len(bad_index) == len(bad)
+        positions = produce_tracked(bootstrap, prefix + "events", records)
+
+        dlq = wait_until(
+            lambda: (m := read_all(bootstrap, prefix + "events.dlq")) and len(m) >= len(bad) and m,
+            60,
+            "10 dead letters",
+        )
+        wait_predicted(bootstrap, prefix, len(valid_ids))
+        assert len(dlq) == len(bad), [header_map(m).get("dlq.error") for m in dlq]
+
+        originals = {(m.partition(), m.offset()): m for m in read_all(bootstrap, prefix + "events")}
+        by_key = {m.key(): m for m in dlq}
+        assert set(by_key) == set(bad_index)
+        for n, (name, raw, reason) in enumerate(bad):
+            key = f"bad-{n}".encode()
+            letter = by_key[key]
+            headers = header_map(letter)
+            assert letter.value() == raw, name  # the original bytes, b"" stays b""
+            assert reason in headers["dlq.error"].decode(), (name, headers["dlq.error"])
+            assert headers["dlq.original.topic"] == (prefix + "events").encode(), name
+            partition = int(headers["dlq.original.partition"])
+            offset = int(headers["dlq.original.offset"])
+            assert (partition, offset) == positions[bad_index[key]], name
+            original = originals[partition, offset]
+            assert original.key() == key and original.value() == raw, name
+
+        # still alive and serving: a later valid event is predicted too
+        assert worker.proc.poll() is None, worker.log()[-3000:]
+        produce(bootstrap, prefix + "events", [event(1000)])
+        ids = wait_until(
+            lambda: "e1000" in (got := predicted_ids(bootstrap, prefix)) and got,
+            60,
+            "the prediction of a later valid event",
+        )
+        counts = Counter(ids)
+        assert set(counts) == {*valid_ids, "e1000"}
+        assert all(c == 1 for c in counts.values()), {i: c for i, c in counts.items() if c != 1}
+        assert worker.proc.poll() is None
+        assert '"level": "warning"' in worker.log() and "dead-lettered" in worker.log()
+
+
+# ------------------------------------------------------------ 5. operator commands
+
+
+def test_operator_promote_then_rollback_and_command_checks(bootstrap, unique, tmp_path):
+    prefix = unique("ops") + "."
+    create_all_topics(bootstrap, prefix, 2)
+    with running(
+        bootstrap, prefix, tmp_path / "worker.log", "--policy", "manual", "--require-signed-commands"
+    ) as worker:
+        produce(bootstrap, prefix + "events", [event(i) for i in range(600)])
+        wait_until(
+            lambda: status(bootstrap, prefix)["challenger"] is not None, 60, "a challenger after the warm-up"
+        )
+        before = status(bootstrap, prefix)
+        assert before["champion"] == 1 and before["challenger"] == 2, before
+        assert before["policy"] == "manual"
+        assert before["counts"]["labelled"] >= 500
+
+        # promote: promoted … command_applied, all answering this command's id
+        code, lines, stderr = control(
+            bootstrap, prefix, "promote", "--expected-champion", "1", "--reason", "integration test"
+        )
+        assert code == 0, (lines, stderr)
+        command_id = lines[-1]["command_id"]
+        assert all(line["command_id"] == command_id for line in lines)
+        kinds = types(lines)
+        assert "promoted" in kinds and kinds[-1] == "command_applied", kinds
+        assert kinds.index("promoted") < kinds.index("command_applied")
+        promoted = lines[kinds.index("promoted")]
+        assert promoted["detail"]["from_version"] == 1 and promoted["detail"]["to_version"] == 2
+        assert promoted["champion"] == 2
+        assert status(bootstrap, prefix)["champion"] == 2
+
+        # rollback: back to the previous champion
+        code, lines, stderr = control(bootstrap, prefix, "rollback")
+        assert code == 0, (lines, stderr)
+        command_id = lines[-1]["command_id"]
+        assert all(line["command_id"] == command_id for line in lines)
+        kinds = types(lines)
+        assert "rolled_back" in kinds and kinds[-1] == "command_applied", kinds
+        assert kinds.index("rolled_back") < kinds.index("command_applied")
+        rolled = lines[kinds.index("rolled_back")]
+        assert rolled["detail"]["from_version"] == 2 and rolled["detail"]["to_version"] == 1
+        after = status(bootstrap, prefix)
+        assert after["champion"] == 1, after
+
+        # a stale expected champion is rejected
+        code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "2")
+        assert code == 1, (lines, stderr)
+        assert types(lines)[-1] == "command_rejected", lines
+        assert "stale" in lines[-1]["detail"]["reason"], lines[-1]
+        assert status(bootstrap, prefix)["champion"] == 1
+
+        # signatures are required: unsigned and wrongly signed commands are refused and logged
+        for secret, word in ((None, "missing signature"), ("wrong-secret", "bad signature")):
+            code, lines, stderr = control(bootstrap, prefix, "promote", secret=secret)
+            assert code == 1, (secret, lines, stderr)
+            assert types(lines) == ["command_rejected"], lines
+            reason = lines[-1]["detail"]["reason"]
+            assert "signature" in reason and word in reason, reason
+            command_id = lines[-1]["command_id"]
+            wait_until(
+                lambda cid=command_id: any(
+                    '"level": "warning"' in line and cid in line and "signature" in line
+                    for line in worker.log().splitlines()
+                ),
+                10,
+                "the worker's warning about the command",
+            )
+        assert status(bootstrap, prefix)["champion"] == 1
+        assert worker.proc.poll() is None
+        # commands, answers and the worker's own lifecycle events are all valid control messages
+        assert read_all(bootstrap, prefix + "events.dlq") == []
+
+
+# ------------------------------------------------------------------ 6. delayed labels
+
+
+def test_delayed_labels_before_and_after_their_events_are_joined(bootstrap, unique, tmp_path):
+    prefix = unique("lab") + "."
+    create_all_topics(bootstrap, prefix, 2)
+    with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
+        n, early = 200, 30
+
+        def label(i: int) -> tuple[bytes, bytes]:
+            a, b = (i * 37 % 101) / 101, (i * 53 % 97) / 97
+            return f"user-{i % 50}".encode(), orjson.dumps({"id": f"e{i}", "label": a > b})
+
+        # labels that come before their events wait in the engine's early buffer
+        produce(bootstrap, prefix + "labels", [label(i) for i in range(early)])
+        wait_until(
+            lambda: status(bootstrap, prefix)["pending"]["labels"] == early,
+            60,
+            "the early labels to be pending",
+        )
+        produce(bootstrap, prefix + "events", [event(i, label=None) for i in range(n)])
+        wait_predicted(bootstrap, prefix, n)
+        mid = status(bootstrap, prefix)
+        assert mid["pending"]["labels"] == 0, mid["pending"]
+        assert mid["pending"]["predictions"] == n - early, mid["pending"]
+        assert mid["counts"]["labelled"] == early, mid["counts"]
+
+        # the rest come after their events
+        produce(bootstrap, prefix + "labels", [label(i) for i in range(early, n)])
+        final = wait_until(
+            lambda: (s := status(bootstrap, prefix))["counts"]["labelled"] >= n and s,
+            60,
+            "every label to be learned",
+        )
+        assert final["counts"]["labelled"] == n, final["counts"]
+        assert final["counts"]["events"] == n
+        pending = final["pending"]
+        assert pending["predictions"] == 0 and pending["labels"] == 0, pending
+        assert pending["labels_matched"] == early, pending  # early labels found their event
+        assert pending["predictions_matched"] == n - early, pending  # events found their label
+        assert final["counts"]["bad"] == 0
+        # the champion learned from every label during the warm-up (default 500 > n)
+        assert final["models"]["champion"]["learned"] == n
+        assert len(read_all(bootstrap, prefix + "events.dlq")) == 0
+        assert worker.proc.poll() is None
+
+
+# ----------------------------------------------------------------- 7. start-up errors
+
+
+def run_briefly(*args: str) -> tuple[int, str, float]:
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--secret", SECRET, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return out.returncode, out.stderr, time.monotonic() - started
+
+
+def the_one_error_line(stderr: str) -> str:
+    """The worker's closing error line; no traceback."""
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("worker: ")]
+    assert len(errors) == 1, stderr
+    assert stderr.rstrip().splitlines()[-1] == errors[0], stderr
+    return errors[0]
+
+
+def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique):
+    # a missing topic
+    prefix = unique("miss") + "."
+    names = TopicNames.from_prefix(prefix)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    specs = [s for s in topic_specs(names, 1) if s.name != names.labels]
+    futures = admin.create_topics([NewTopic(s.name, s.partitions, 1, config=s.config) for s in specs])
+    for future in futures.values():
+        future.result(timeout=30)
+    code, stderr, elapsed = run_briefly(
+        "--bootstrap", bootstrap, "--topic-prefix", prefix, "--group", prefix + "group"
+    )
+    line = the_one_error_line(stderr)
+    assert code == 2, stderr
+    assert elapsed < 15
+    assert "missing topic" in line and names.labels in line, line
+    assert names.events + "," not in line and names.control not in line, line  # only the missing one
+
+    # a bad model spec: the line says which spec and what is wrong with it
+    for option, spec, problem in (
+        ("champion", "lambda x: x", "lambdas are not allowed"),
+        ("challenger", "linear_model.NoSuchModel", "NoSuchModel"),
+    ):
+        code, stderr, elapsed = run_briefly(
+            "--bootstrap", bootstrap, "--topic-prefix", prefix, f"--{option}", spec
+        )
+        line = the_one_error_line(stderr)
+        assert code == 2, stderr
+        assert elapsed < 15
+        assert f"configuration error: {option}: invalid model spec" in line and problem in line, line
+
+    # an unreachable broker
+    code, stderr, elapsed = run_briefly("--bootstrap", "127.0.0.1:1", "--topic-prefix", prefix)
+    line = the_one_error_line(stderr)
+    assert code == 2, stderr
+    assert elapsed < 15
+    assert "cannot reach Kafka" in line and "127.0.0.1:1" in line, line
+
+
+# ------------------------------------------------------------------------ 9. restarts
+
+
+def test_restart_keeps_models_new_challenger_spec_applies_next_and_fresh_starts_over(
+    bootstrap, unique, tmp_path
+):
+    prefix = unique("rst") + "."
+    create_all_topics(bootstrap, prefix, 2)
+
+    with running(bootstrap, prefix, tmp_path / "first.log", "--policy", "manual") as first:
+        assert "new engine" in first.log()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(600)])
+        wait_predicted(bootstrap, prefix, 600)
+        code, lines, stderr = control(bootstrap, prefix, "promote")
+        assert code == 0, (lines, stderr)
+        before = status(bootstrap, prefix)
+    assert before["champion"] == 2 and before["challenger"] == 3, before
+    assert before["counts"]["events"] == 600
+    default_spec = before["models"]["challenger"]["spec"]
+    assert default_spec != OTHER_SPEC
+
+    # restart with another challenger spec: the restored models win
+    with running(
+        bootstrap, prefix, tmp_path / "second.log", "--policy", "manual", "--challenger", OTHER_SPEC
+    ) as second:
+        assert "restored engine" in second.log()
+        restored = status(bootstrap, prefix)
+        assert restored["champion"] == before["champion"], restored
+        assert restored["challenger"] == before["challenger"], restored
+        assert restored["counts"] == before["counts"]
+        assert restored["models"]["challenger"]["spec"] == default_spec
+        assert restored["models"]["champion"]["learned"] == before["models"]["champion"]["learned"]
+        assert restored["models"]["challenger"]["learned"] == before["models"]["challenger"]["learned"]
+
+        produce(bootstrap, prefix + "events", [event(i) for i in range(600, 700)])
+        wait_predicted(bootstrap, prefix, 700)
+        going_on = status(bootstrap, prefix)
+        assert going_on["counts"]["events"] == 700, going_on["counts"]  # continues, not from 0
+        assert going_on["champion"] == before["champion"]
+        assert going_on["models"]["challenger"]["learned"] == before["models"]["challenger"]["learned"] + 100
+
+        # the next challenger is built from the new spec
+        code, lines, stderr = control(bootstrap, prefix, "reset")
+        assert code == 0, (lines, stderr)
+        assert "challenger_created" in types(lines), lines
+        after_reset = status(bootstrap, prefix)
+        assert after_reset["champion"] == before["champion"]
+        assert after_reset["challenger"] not in (None, before["challenger"]), after_reset
+        assert after_reset["models"]["challenger"]["spec"] == OTHER_SPEC, after_reset["models"]
+        assert "challenger spec changed" in second.log()
+
+    # --fresh: version 1 again, counting only the events since the fresh start
+    with running(bootstrap, prefix, tmp_path / "third.log", "--policy", "manual", "--fresh") as third:
+        assert "stored state ignored" in third.log()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(700, 750)])
+        wait_predicted(bootstrap, prefix, 750)
+        fresh = status(bootstrap, prefix)
+        assert fresh["champion"] == 1 and fresh["challenger"] is None, fresh
+        assert fresh["counts"]["events"] == 50, fresh["counts"]
+        assert fresh["counts"]["labelled"] == 50
+        assert fresh["models"]["champion"]["learned"] == 50
+        ids = Counter(predicted_ids(bootstrap, prefix))
+        assert len(ids) == 750 and set(ids.values()) == {1}
+    assert read_all(bootstrap, prefix + "events.dlq") == []

@@ -1,0 +1,169 @@
+"""The Prometheus exporter: counters move with the engine, gauges read its state."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.core.config import EngineConfig
+from worker.core.engine import Engine
+from worker.core.types import Command, Event, Label
+from worker.obs.metrics import PrometheusObserver
+from worker.obs.server import serve
+
+
+@dataclass
+class Standin:
+    """What the exporter reads of a Worker: its engine and whether it is ready."""
+
+    engine: Any = None
+    ready: bool = False
+
+
+def scrape(observer: PrometheusObserver) -> dict[tuple[str, frozenset], float]:
+    text = generate_latest(observer.registry).decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def event(i: int, label: Any = "inline") -> Event:
+    x = {"a": (i * 37 % 101) / 101, "b": (i * 53 % 97) / 97}
+    return Event(id=f"e{i}", features=x, label=x["a"] > x["b"] if label == "inline" else label)
+
+
+@pytest.fixture
+def setup() -> tuple[Standin, PrometheusObserver, Engine]:
+    worker = Standin()
+    observer = PrometheusObserver(worker)
+    worker.engine = Engine(EngineConfig(warmup_labels=50, policy="manual"), observer)
+    worker.ready = True
+    return worker, observer, worker.engine
+
+
+def test_counters_move_with_events(setup):
+    _, observer, engine = setup
+    before = scrape(observer)
+    assert value(before, "worker_events_total", served_by="champion") == 0
+    assert value(before, "worker_labels_joined_total", delayed="true") == 0
+
+    for i in range(30):
+        engine.process(event(i))
+    for i in range(30, 40):
+        engine.process(event(i, label=None))
+    for i in range(30, 35):
+        engine.process_label(Label(id=f"e{i}", label=True))
+    with pytest.raises(Exception, match="pending"):
+        engine.process(event(39, label=None))  # its id is still pending: refused
+
+    after = scrape(observer)
+    assert value(after, "worker_events_total", served_by="champion") == 40
+    assert value(after, "worker_labels_joined_total", delayed="true") == 5
+    assert value(after, "worker_bad_input_total") == 1
+    assert value(after, "worker_pending_predictions") == 5
+    assert value(after, "worker_scored_events") == 40
+    assert value(after, "worker_labelled_events") == 35
+    assert value(after, "worker_learning") == 1
+    assert value(after, "worker_model_version", role="champion") == 1
+    assert value(after, "worker_model_version", role="challenger") is None  # still warming up
+    accuracy = value(after, "worker_model_accuracy", role="champion", version="1", view="cumulative")
+    assert 0 < accuracy <= 1
+    assert value(after, "worker_served_accuracy", view="cumulative") == accuracy
+
+
+def test_versions_and_lifecycle_after_promote(setup):
+    _, observer, engine = setup
+    for i in range(60):
+        engine.process(event(i))
+    warm = scrape(observer)
+    assert value(warm, "worker_model_version", role="champion") == 1
+    assert value(warm, "worker_model_version", role="challenger") == 2
+    assert value(warm, "worker_lifecycle_events_total", type="challenger_created") == 1
+    assert value(warm, "worker_test_e_value") is not None
+
+    engine.apply(Command(type="promote", command_id="p1"))
+    promoted = scrape(observer)
+    assert value(promoted, "worker_model_version", role="champion") == 2
+    assert value(promoted, "worker_model_version", role="challenger") == 3
+    assert value(promoted, "worker_model_version", role="previous") == 1
+    assert value(promoted, "worker_promotions_total") == 1
+    assert value(promoted, "worker_lifecycle_events_total", type="promoted") == 1
+    assert value(promoted, "worker_lifecycle_events_total", type="command_applied") == 1
+    assert value(promoted, "worker_model_f1", role="previous", version="1", view="window") is not None
+
+    engine.apply(Command(type="rollback", command_id="r1"))
+    assert value(scrape(observer), "worker_rollbacks_total") == 1
+    assert value(scrape(observer), "worker_model_version", role="champion") == 1
+
+
+def test_runtime_hooks(setup):
+    _, observer, _ = setup
+    observer.observe_batch(0.004, 4)
+    observer.observe_batch(0.0, 0)
+    observer.observe_checkpoint(0.02)
+    observer.dead_letter()
+    samples = scrape(observer)
+    assert value(samples, "worker_processing_latency_seconds_count") == 4
+    assert value(samples, "worker_processing_latency_seconds_sum") == pytest.approx(0.004)
+    assert value(samples, "worker_processing_latency_seconds_bucket", le="0.001") == 4
+    assert value(samples, "worker_checkpoint_duration_seconds_count") == 1
+    assert value(samples, "worker_dead_letters_total") == 1
+
+
+def test_no_state_gauges_until_ready(setup):
+    worker, observer, _ = setup
+    worker.ready = False
+    samples = scrape(observer)
+    assert value(samples, "worker_model_version", role="champion") is None
+    assert value(samples, "worker_events_total", served_by="champion") == 0  # counters stay
+    assert value(scrape(PrometheusObserver()), "worker_bad_input_total") == 0  # no worker at all
+
+
+def test_observers_do_not_share_a_registry():
+    first, second = PrometheusObserver(), PrometheusObserver()
+    first.dead_letter()
+    assert value(scrape(first), "worker_dead_letters_total") == 1
+    assert value(scrape(second), "worker_dead_letters_total") == 0
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.headers["Content-Type"], reply.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read().decode()
+
+
+def test_server_on_a_free_port(setup):
+    worker, _, engine = setup
+    worker.ready = False
+    observer = serve(worker, 0)
+    engine.observer = observer
+    try:
+        base = f"http://127.0.0.1:{observer.port}"
+        assert observer.port > 0
+        assert get(f"{base}/healthz")[::2] == (200, "ok\n")
+        status, _, body = get(f"{base}/readyz")
+        assert status == 503 and body.startswith("not ready: recovering")
+        worker.ready = True
+        assert get(f"{base}/readyz")[0] == 200
+        engine.process(event(1))
+        observer.observe_batch(0.001, 1)  # samples the lag too: the stand-in has no consumer
+        status, content_type, body = get(f"{base}/metrics")
+        assert status == 200 and content_type.startswith("text/plain; version=")
+        families = {f.name: f for f in text_string_to_metric_families(body)}
+        assert families["worker_events"].samples and families["worker_model_version"].samples
+        assert families["worker_consumer_lag_messages"].samples == []
+        assert get(f"{base}/nope")[0] == 404
+    finally:
+        observer.server.shutdown()
+        observer.server.server_close()
