@@ -302,7 +302,8 @@ def topics_group() -> None:
 @click.option(
     "--bootstrap",
     envvar="WORKER_BOOTSTRAP",
-    required=True,
+    default="127.0.0.1:9092",
+    show_default=True,
     help="Kafka bootstrap servers, host:port[,host:port…].",
 )
 @click.option(
