@@ -102,7 +102,7 @@ class Worker:
                 except KafkaException as e:
                     self._on_kafka_error(e.args[0])
             if self.ready:
-                self._commit()
+                self._commit(force_snapshot=True)  # a restart then has nothing to replay
         finally:
             self._close()
         log.info("stopped cleanly")
@@ -112,7 +112,11 @@ class Worker:
         self.ready = False
         if self._producer is not None:
             self._producer.flush(5)
-        self._producer = kafka.producer(self.settings.kafka.producer_config())
+        config = self.settings.kafka.producer_config()
+        if not self.exactly_once:
+            self._undelivered = 0
+            config["on_delivery"] = self._on_delivery
+        self._producer = kafka.producer(config)
         if self.exactly_once:
             self._producer.init_transactions(TXN_CALL_TIMEOUT_S)  # fences any older instance
             self._checkpoints = KafkaCheckpoints(self.topics.worker_state, self.settings.chunk_bytes)
@@ -300,9 +304,18 @@ class Worker:
             assignment.append(TopicPartition(tp.topic, tp.partition, offset))
         self._consumer.assign(assignment)
 
+    def _on_delivery(self, error: KafkaError | None, _msg: Any) -> None:
+        if error is not None:
+            self._undelivered += 1
+
     def _save_local(self) -> None:
+        """At-least-once checkpoint: every output delivered, then the snapshot, then the
+        offsets. An output that could not be delivered sends us back to the last snapshot."""
         began = time.monotonic()
-        self._producer.flush(TXN_CALL_TIMEOUT_S)
+        if self._producer.flush(TXN_CALL_TIMEOUT_S) or self._undelivered:
+            log.warning("%d outputs not delivered: resuming from the last snapshot", self._undelivered)
+            self._restart()
+            return
         positions = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
         self._local.save(self.engine.snapshot(self.settings.secret),
                          {(tp.topic, tp.partition): tp.offset for tp in positions})
