@@ -8,7 +8,8 @@ from pathlib import Path
 from river import stream
 
 ROOT = Path(__file__).resolve().parent.parent
-ELEC2 = Path(os.environ.get("WORKER_ELEC2", ROOT.parent / "shared" / "datasets" / "elec2.csv"))
+_CANDIDATES = [ROOT.parent / "shared" / "datasets" / "elec2.csv", Path("/work/shared/datasets/elec2.csv")]
+ELEC2 = Path(os.environ.get("WORKER_ELEC2") or next((p for p in _CANDIDATES if p.exists()), _CANDIDATES[0]))
 ELEC2_CONVERTERS = {
     "date": float, "day": int, "period": float, "nswprice": float, "nswdemand": float,
     "vicprice": float, "vicdemand": float, "transfer": float, "class": lambda v: v == "UP",
