@@ -357,6 +357,187 @@ def topics_create(
         click.echo(f"{status:<8} {name}")
 
 
+# --------------------------------------------------------------------------- worker simulate
+# Self-contained: the stream is built by worker.io.simulate (pure), then produced to Kafka.
+
+
+@cli.command("simulate")
+@click.option("--bootstrap", envvar="WORKER_BOOTSTRAP", default="127.0.0.1:9092", show_default=True,
+              help="Kafka bootstrap servers, host:port[,host:port…].")
+@click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default="", show_default=True,
+              help="Prepended verbatim to the topic names (events, labels).")
+@click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
+              metavar="KEY=VALUE", help="librdkafka setting passed through (SASL, TLS …); repeatable.")
+@click.option("--generator", default="sea", show_default=True,
+              type=click.Choice(["sea", "agrawal", "hyperplane", "sine", "stagger", "mixed"]),
+              help="river synthetic generator (river.datasets.synth).")
+@click.option("--file", "file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Send the rows of this CSV (with --target) or JSONL file instead of a generator.")
+@click.option("--target", help="CSV: the label column.")
+@click.option("--positive", help="CSV: the label value that means true (binary labels), e.g. UP.")
+@click.option("--id-column", help="CSV: the column holding the event id (default: --id-prefix + index).")
+@click.option("--drop-column", "drop", multiple=True, help="CSV: a column to ignore; repeatable.")
+@click.option("--events", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Events to send; 0 = endless (a file: all its rows).")
+@click.option("--concepts", default="0,1", show_default=True,
+              help="Generator variants of the successive concepts (SEA 0-3, Agrawal 0-9 …), cycled.")
+@click.option("--drift-at", "drift_at", multiple=True, metavar="INDEX|SHARE",
+              help="Event where the next concept starts: 20000, or a share of --events (0.5, 50%); "
+                   "repeatable.")
+@click.option("--drift-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Then a drift every N events (endless streams); 0 = none.")
+@click.option("--drift-width", type=click.IntRange(min=0), default=0, show_default=True,
+              help="0 = abrupt drift; N = gradual over about N events (sigmoid, as ConceptDriftStream).")
+@click.option("--noise", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Generator noise (SEA noise, Agrawal perturbation, Hyperplane noise share).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of data, keys and drift.")
+@click.option("--entities", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Message keys user-0 … user-(N-1), drawn at random; 0 = no key.")
+@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Events per second; 0 = as fast as possible.")
+@click.option("--labels", "labels_mode", type=click.Choice(["inline", "topic", "none"]), default="inline",
+              show_default=True, help="Label in the event, on the labels topic (delayed), or none.")
+@click.option("--label-delay", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--labels topic: send an event's label after N more events.")
+@click.option("--id-prefix", help="Event ids are PREFIX<index> [evt-<random>-].")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, target, positive, id_column,
+                     drop, events, concepts, drift_at, drift_every, drift_width, noise, seed, entities, rate,
+                     labels_mode, label_delay, id_prefix, progress) -> None:
+    """Produce a drifting event stream (and its labels) to Kafka; prints what was sent as JSON.
+
+    Ctrl-C (or SIGTERM) stops cleanly: what was handed to the producer is flushed and
+    the counts of acknowledged events and labels are printed. Exit 1 if any send failed.
+    """
+    import time
+    import uuid
+
+    from worker.io import simulate as sim
+    from worker.io.topics import missing_topics
+    from worker.settings import KafkaSettings, parse_kafka_config
+
+    settings = KafkaSettings(bootstrap=bootstrap, group="worker-simulate", topic_prefix=topic_prefix,
+                             extra=parse_kafka_config(kafka_config))
+    topics = settings.topics
+    prefix = sim.check_id_prefix(id_prefix if id_prefix is not None else f"evt-{uuid.uuid4().hex[:6]}-")
+    if file is not None:
+        if drift_at or drift_every or drift_width:
+            raise click.UsageError("--drift-* options apply to generators; a file drifts by itself")
+        source = sim.from_file(file, target=target, positive=positive, id_column=id_column, drop=drop)
+        total = events or max(_count_lines(file) - (file.suffix.lower() == ".csv"), 0)
+        what = file.name
+    else:
+        try:
+            variants = tuple(int(v) for v in concepts.split(","))
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {concepts!r}",
+                                     param_hint="--concepts") from None
+        plan = sim.DriftPlan(concepts=variants, points=sim.parse_points(drift_at, events), every=drift_every,
+                             width=drift_width)
+        source = sim.synthetic(generator, plan, seed=seed, noise=noise)
+        total = events
+        what = f"{generator} {concepts}"
+    stream = sim.messages(source, events=events, entities=entities, labels=labels_mode,
+                          label_delay=label_delay, id_prefix=prefix, seed=seed)
+    missing = missing_topics(settings.admin_config(), [topics.events, topics.labels])
+    if missing:
+        raise ConfigError(f"missing topics: {', '.join(missing)} (create them with `worker topics create`)")
+    to = topics.events + (f" + {topics.labels}" if labels_mode == "topic" else "")
+    pace = f"at {rate:g} events/s" if rate else "as fast as possible"
+    click.echo(f"simulate: {what} → {to}, {pace}", err=True)
+    with sim.Stop() as stop:
+        if progress and total:
+            with click.progressbar(length=total, label="events", file=sys.stderr) as bar:
+                sent = sim.send(settings.admin_config(), topics.events, topics.labels, stream, rate=rate,
+                                stop=stop, on_event=lambda: bar.update(1))
+        else:  # endless: a line every 10 s instead of a bar
+            ticks = {"n": 0, "at": time.monotonic()}
+
+            def tick() -> None:
+                ticks["n"] += 1
+                if progress and time.monotonic() - ticks["at"] >= 10:
+                    ticks["at"] = time.monotonic()
+                    click.echo(f"simulate: {ticks['n']} events sent", err=True)
+
+            sent = sim.send(settings.admin_config(), topics.events, topics.labels, stream, rate=rate,
+                            stop=stop, on_event=tick)
+    if sent.interrupted:
+        click.echo(f"simulate: stopped: sent {sent.events_acked} events and {sent.labels_acked} labels"
+                   f" ({sent.failed} failed)", err=True)
+    click.echo(json.dumps(sent.as_dict()))
+    if sent.failed:
+        click.echo(f"simulate: {sent.failed} messages failed: {'; '.join(sent.errors)}", err=True)
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- worker report
+# Self-contained: reads a replay folder or the control topic, renders worker.obs.report.
+
+
+@cli.command("report")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--bootstrap", envvar="WORKER_BOOTSTRAP",
+              help="Read the control topic of this cluster (when no RUN_DIR is given).")
+@click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default="", show_default=True,
+              help="Prefix of the deployment's topic names.")
+@click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
+              metavar="KEY=VALUE", help="librdkafka setting passed through (SASL, TLS …); repeatable.")
+@click.option("--ask-status/--no-ask-status", default=True, show_default=True,
+              help="Kafka: send a `status` command first, so the report ends with the current state.")
+@click.option("--secret", envvar="WORKER_SECRET", help="Kafka: sign that status command with this secret.")
+@click.option("--wait", "wait_s", type=float, default=15.0, show_default=True,
+              help="Kafka: seconds to wait for the worker's status answer.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("out/report.html"), show_default=True, help="The HTML page to write.")
+@click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path),
+              help="The PNG of the accuracy chart [--out with .png].")
+@click.option("--title", default="worker report", show_default=True)
+def report_command(run_dir, bootstrap, topic_prefix, kafka_config, ask_status, secret, wait_s, out, png,
+                   title) -> None:
+    """Write an HTML page (and a PNG) of both models' metrics over time, with drift
+    alarms, promotions and rollbacks, and the versions' lineage.
+
+    From RUN_DIR (a `worker replay --out` folder), or from the control topic of a
+    deployment (--bootstrap, --topic-prefix): its lifecycle events, and the
+    status_report events for the metrics over time (the worker writes one per `status`
+    command; --ask-status sends one first).
+    """
+    from worker.obs import report
+
+    if run_dir is not None:
+        data = report.load_replay(run_dir)
+    elif bootstrap:
+        import time
+        import uuid
+
+        from worker.core.types import Command
+        from worker.io.control import send_and_wait
+        from worker.settings import KafkaSettings, parse_kafka_config
+
+        settings = KafkaSettings(bootstrap=bootstrap, group="worker-report", topic_prefix=topic_prefix,
+                                 extra=parse_kafka_config(kafka_config))
+        control = settings.topics.control
+        if ask_status:
+            command = Command(type="status", command_id=str(uuid.uuid4()), issued_by="worker-report",
+                              reason="report", ts=time.time())
+            answer = send_and_wait(settings.admin_config(), control, command,
+                                   secret.encode() if secret else None, wait_s)
+            if answer is None:
+                click.echo(f"report: no status answer within {wait_s:g}s (is a worker running?); "
+                           "using what is on the control topic", err=True)
+        data = report.load_control(report.read_control(settings.admin_config(), control),
+                                   source=f"control topic {control} at {bootstrap}")
+    else:
+        raise click.UsageError("give a `worker replay --out` folder, or --bootstrap to read the control "
+                               "topic")
+    png_path = report.write_report(data, out, title=title, png=png)
+    s = data.summary
+    click.echo(f"report: {len(data.points)} points, {len(data.markers)} markers, {len(data.versions)} "
+               f"versions, promotions {s.get('promotions')}, rollbacks {s.get('rollbacks')}", err=True)
+    click.echo(f"html: {out}")
+    click.echo(f"png: {png_path}")
+
+
 def main() -> None:
     """Entry point: a `WorkerError` becomes one clear line and an exit code (2 = bad config)."""
     try:

@@ -188,6 +188,9 @@ class KafkaSettings:
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
+            # A small prefetch queue: the one-partition control topic is read together with
+            # the event partitions, and a command must not wait behind a large backlog.
+            "queued.max.messages.kbytes": 1024,
         }
         return config | dict(self.extra)
 

@@ -104,7 +104,7 @@ def lifecycle_dict(event: LifecycleEvent) -> dict[str, Any]:
 
 def _views(metrics: Any) -> dict[str, Any]:
     report = metrics.report()
-    return {view: {"accuracy": report[view]["accuracy"], "f1": report[view]["f1"]}
+    return {view: {"accuracy": report[view]["accuracy"], "f1": report[view]["f1"], "n": report[view]["n"]}
             for view in ("cumulative", "window", "fading")}
 
 

@@ -1,0 +1,235 @@
+"""`worker report`: from a real replay folder and from a control log, to HTML and PNG,
+and the page in headless Chromium (Debian's `chromium`; skipped when it is missing —
+scripts/test installs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from worker.core.config import EngineConfig
+from worker.core.engine import Engine
+from worker.core.types import Command, Event
+from worker.io.codec import encode_command, encode_lifecycle
+from worker.io.files import read_records
+from worker.io.simulate import DriftPlan, messages, synthetic
+from worker.obs import report
+from worker.obs.png import read_png
+
+N = 12_000
+CHROMIUM = Path("/usr/bin/chromium")
+BLUE, ORANGE, GREEN = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)
+
+
+def drifting_stream(path: Path, n: int = N) -> Path:
+    """SEA with an abrupt drift (threshold 8 → 7) at half the stream, delayed labels."""
+    with path.open("wb") as f:
+        for m in messages(synthetic("sea", DriftPlan(concepts=(0, 2), points=(n // 2,)), seed=11), events=n,
+                          labels="topic", label_delay=20, id_prefix="e", entities=0):
+            f.write(orjson.dumps(m.value) + b"\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def replay_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `worker replay --out` folder (the command line, as a user runs it)."""
+    base = tmp_path_factory.mktemp("replay")
+    stream = drifting_stream(base / "sea.jsonl")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
+    out = subprocess.run([sys.executable, "-m", "worker", "replay", str(stream), "--out", str(base / "out"),
+                          "--timeline-every", "200", "--warmup-labels", "300"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    return base / "out"
+
+
+def embedded_data(page: str) -> dict[str, Any]:
+    match = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)
+    assert match, "no embedded data"
+    return json.loads(match.group(1))
+
+
+# ----------------------------------------------------------------------------- replay folder
+
+
+def test_report_of_a_replay_folder(replay_dir: Path, tmp_path: Path) -> None:
+    summary = json.loads((replay_dir / "summary.json").read_text())
+    lifecycle = [json.loads(line) for line in (replay_dir / "lifecycle.jsonl").read_text().splitlines()]
+    timeline = (replay_dir / "timeline.jsonl").read_text().splitlines()
+    assert summary["promotions"] >= 1, "the drift should lead to a promotion"
+
+    out = tmp_path / "r" / "report.html"
+    result = subprocess.run([sys.executable, "-m", "worker", "report", str(replay_dir), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"html: {out}" in result.stdout and (tmp_path / "r" / "report.png").is_file()
+    page = out.read_text()
+    data = embedded_data(page)
+
+    # the data: every timeline point, with both models' window and fading metrics
+    assert len(data["points"]) == len(timeline)
+    last = json.loads(timeline[-1])
+    assert data["points"][-1]["champion"]["window"]["accuracy"] == last["champion"]["window"]["accuracy"]
+    assert data["points"][-1]["challenger"]["fading"]["f1"] == last["challenger"]["fading"]["f1"]
+    assert data["summary"]["promotions"] == summary["promotions"]
+    assert data["summary"]["events"] == N
+
+    # markers: one per drift alarm, promotion, rollback and reset, at their labelled count
+    marked = [(m["type"], m["labelled"]) for m in data["markers"]]
+    expected = [(e["type"], e["labelled"]) for e in lifecycle if e["type"] in report.MARKER_TYPES]
+    assert marked == expected and ("promoted" in dict(marked))
+    for kind, _at in marked:
+        assert f'class="marker {kind}"' in page
+    promoted = next(e for e in lifecycle if e["type"] == "promoted")
+    arrow = f"v{promoted['detail']['from_version']}→v{promoted['detail']['to_version']}"
+    assert page.count(arrow) >= 2  # in both charts (and the lifecycle table)
+
+    # the version table: every version, with its lineage
+    assert [v["version"] for v in data["versions"]] == sorted(int(v) for v in summary["models"])
+    for row in data["versions"]:
+        model = summary["models"][str(row["version"])]
+        assert row["parent"] == model["parent"] and row["spec"] == model["spec"]
+        assert f"<td class=\"num\">v{row['version']}</td>" in page
+    roles = {v["version"]: v["role"] for v in data["versions"]}
+    assert roles[summary["champion"]] == "champion" and roles[1] == "former champion"
+
+    # two charts, both views of both roles, and nothing fetched from anywhere
+    assert page.count("<svg") == 2 and page.count('class="series"') >= 8
+    for name in ("champion (window)", "champion (fading)", "challenger (window)", "challenger (fading)"):
+        assert name in page
+    assert not re.search(r"""\b(src|href)\s*=|url\(|@import|https?://(?!www\.w3\.org/2000/svg)""", page)
+
+
+def test_png_of_the_main_chart(replay_dir: Path, tmp_path: Path) -> None:
+    png = report.write_report(report.load_replay(replay_dir), tmp_path / "report.html")
+    width, height, rows = read_png(png.read_bytes())
+    assert (width, height) == (1200, 600)
+    colours = {}
+    for row in rows[90:560]:  # the plot area
+        for pixel in row:
+            colours[pixel] = colours.get(pixel, 0) + 1
+    assert sum(n for c, n in colours.items() if c != (255, 255, 255)) > 5000
+    assert colours.get(BLUE, 0) > 500 and colours.get(ORANGE, 0) > 500  # champion, challenger
+    assert colours.get(GREEN, 0) > 100  # a promotion marker
+
+
+def test_a_model_without_labels_yet_is_a_gap_not_a_zero(replay_dir: Path) -> None:
+    data = report.load_replay(replay_dir)
+    values = [p["challenger"]["window"]["accuracy"] for p in data.points if p["challenger"]]
+    assert all(v is None or v > 0.5 for v in values)
+
+
+def test_no_replay_folder() -> None:
+    from worker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a `worker replay --out` folder"):
+        report.load_replay(Path(__file__).parent)
+
+
+# ----------------------------------------------------------------------------- control log
+
+
+def control_log(n: int = N, status_every: int = 500) -> tuple[list[dict], Engine]:
+    """What a worker writes on the control topic for a drifting stream, with an
+    operator's `status` every ``status_every`` events (and their commands on the log)."""
+    engine = Engine(EngineConfig(warmup_labels=300))
+    log: list[dict] = []
+    with tempfile.TemporaryDirectory() as folder:
+        records = list(read_records(drifting_stream(Path(folder) / "sea.jsonl", n)))
+    for i, record in enumerate(records):
+        if isinstance(record, Event):
+            engine.process(record)
+        else:
+            engine.process_label(record)
+        if i % status_every == status_every - 1:
+            command = Command(type="status", command_id=f"s{i}", issued_by="test")
+            log.append(orjson.loads(encode_command(command, None)))
+            engine.apply(command)
+        for decision in engine.take_decisions():
+            log.append(orjson.loads(encode_command(decision, b"k")))
+        log.extend(orjson.loads(encode_lifecycle(e)) for e in engine.take_lifecycle())
+    return log, engine
+
+
+def test_report_from_a_control_log(tmp_path: Path) -> None:
+    log, engine = control_log()
+    data = report.load_control(log, source="test")
+    reports = [m for m in log if m["type"] == "status_report"]
+    assert len(data.points) == len(reports) > 10
+    assert data.points[-1]["labelled"] == engine.counts["labelled"]
+    assert data.points[-1]["champion"]["version"] == engine.champion
+    assert data.summary["promotions"] == engine.counts["promotions"] >= 1
+    assert data.summary["champion"] == engine.champion and data.summary["challenger"] == engine.challenger
+    kinds = {m["type"] for m in data.markers}
+    assert "promoted" in kinds and "drift_detected" in kinds
+    versions = {v["version"]: v for v in data.versions}
+    assert set(versions) == {mv.version for mv in engine.registry}
+    for mv in engine.registry:
+        assert versions[mv.version]["parent"] == mv.parent, mv.version
+    assert versions[engine.champion]["role"] == "champion"
+    page = report.render_html(data)
+    assert embedded_data(page)["summary"]["promotions"] == engine.counts["promotions"]
+    assert 'class="marker promoted"' in page and not data.notes
+
+
+def test_control_log_without_status_reports_still_has_markers_and_a_note() -> None:
+    log, engine = control_log(n=6000, status_every=10**9)
+    data = report.load_control(log)
+    assert data.points == [] and data.markers and data.notes
+    assert data.summary["promotions"] == engine.counts["promotions"]
+    report.render_png(report.chart(data, "accuracy"))  # an empty chart still renders
+    assert "No status_report" in report.render_html(data)
+
+
+# ----------------------------------------------------------------------------- in a browser
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (scripts/test installs Debian's)")
+def test_page_in_headless_chromium(replay_dir: Path, tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    report.write_report(report.load_replay(replay_dir), page)
+    shot = tmp_path / "shot.png"
+    profile = tmp_path / "profile"
+    result = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
+         "--window-size=1200,900", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # any console message of the page (errors, uncaught exceptions) is a failure: it has no script
+    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    width, height, rows = read_png(shot.read_bytes())
+    assert (width, height) == (1200, 900)
+    chart = [pixel for row in rows[300:700] for pixel in row[60:1150]]  # the accuracy chart
+    assert sum(1 for p in chart if p != (255, 255, 255)) > 20_000
+    near = {"blue": BLUE, "orange": ORANGE}
+    for name, colour in near.items():
+        close = sum(1 for p in chart if sum(abs(a - b) for a, b in zip(p, colour, strict=True)) < 40)
+        assert close > 300, f"too few {name} pixels in the chart"
+
+
+def test_chromium_path_is_what_scripts_test_installs() -> None:
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "test").read_text()
+    assert "chromium" in script and str(CHROMIUM) in script
+    assert shutil.which("bash")
+
+
+def test_cli_needs_a_source() -> None:
+    from click.testing import CliRunner
+
+    from worker.cli import cli
+
+    result = CliRunner().invoke(cli, ["report"], env={"WORKER_BOOTSTRAP": ""})
+    assert result.exit_code == 2 and "--bootstrap" in result.output
