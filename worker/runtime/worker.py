@@ -169,7 +169,10 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            messages = self._consumer.consume(num_messages=self.settings.max_batch, timeout=remaining)
+            # consume() waits for a full batch or its timeout: keep the wait short, so events
+            # are processed as they come and only the commit waits for the interval
+            messages = self._consumer.consume(num_messages=self.settings.max_batch,
+                                              timeout=min(remaining, 0.01))
             began = time.monotonic()
             for msg in messages:
                 if msg.error():
