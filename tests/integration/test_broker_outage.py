@@ -6,8 +6,11 @@ disturbs no other test.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 
@@ -19,6 +22,20 @@ from tests.integration.test_worker_exactly_once import drifting_event, steady_pr
 
 PORT = 29_092  # below the ephemeral port range (32768+), so no outgoing connection holds it
 pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def kafka_local(command: str) -> None:
@@ -39,8 +56,10 @@ def own_broker() -> Iterator[str]:
 def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
     bootstrap, prefix = own_broker, unique("outage") + "."
     create_all_topics(bootstrap, prefix, partitions=2)
-    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log")
+    port = free_port()
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", "--metrics-port", str(port))
     worker.wait_ready()
+    assert readyz(port) == 200
     total = 16_000
     sender = steady_producer(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(total)),
                              rate_per_s=2000)
@@ -51,6 +70,7 @@ def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
     wait_until(lambda: served() > 3000, 60, "predictions before the outage")
     kafka_local("stop")
     wait_until(lambda: "waiting for the broker" in worker.log(), 60, "the worker to report the outage")
+    wait_until(lambda: readyz(port) == 503, 60, "/readyz to say the worker is not ready")
     assert worker.proc.poll() is None, "the worker must wait for the broker, not exit"
     kafka_local("start")
     sender.join(180)
@@ -58,5 +78,6 @@ def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
         wait_until(lambda: served() >= total, 180, f"{total} predictions after the restart", interval_s=1)
         ids = Counter(p["id"] for p in json_values(read_all(bootstrap, prefix + "predictions")))
         assert len(ids) == total and max(ids.values()) == 1, "nothing lost, nothing duplicated"
+        wait_until(lambda: readyz(port) == 200, 60, "/readyz to be ready again")
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]

@@ -44,9 +44,12 @@ class _OncePer(logging.Filter):
 log.addFilter(_OncePer(5.0))
 
 
-def _on_error(error: KafkaError) -> None:
+UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
+
+
+def log_client_error(error: KafkaError) -> None:
     """Client-level errors (not tied to a message): say plainly that we wait."""
-    if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
+    if error.code() in UNREACHABLE:
         log.warning("Kafka broker unreachable (%s): waiting for the broker, retrying", error.str())
     else:
         log.warning("Kafka client error: %s", error.str())
@@ -54,14 +57,14 @@ def _on_error(error: KafkaError) -> None:
 
 def consumer(config: dict[str, Any]) -> Consumer:
     try:
-        return Consumer({"logger": log, "error_cb": _on_error, **config})
+        return Consumer({"logger": log, "error_cb": log_client_error, **config})
     except KafkaException as e:
         raise ConfigError(f"invalid Kafka consumer setting: {e.args[0].str()}") from None
 
 
 def producer(config: dict[str, Any]) -> Producer:
     try:
-        return Producer({"logger": log, "error_cb": _on_error, **config})
+        return Producer({"logger": log, "error_cb": log_client_error, **config})
     except KafkaException as e:
         raise ConfigError(f"invalid Kafka producer setting: {e.args[0].str()}") from None
 

@@ -2,7 +2,8 @@
 
 A stdlib HTTP server in a daemon thread: it dies with the process and never holds up
 a shutdown. ``/healthz`` answers while the process lives; ``/readyz`` only while the
-worker is ready (partitions assigned, recovery done), else 503 with the reason.
+worker is ready (partitions assigned, recovery done, broker reachable), else 503 with
+the reason.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def serve(worker: Any, port: int) -> PrometheusObserver:
 def not_ready_reason(worker: Any) -> str | None:
     """None when ready, else one line saying why not."""
     if getattr(worker, "ready", False):
-        return None
+        return "broker unreachable: waiting for it" if getattr(worker, "broker_unreachable", False) else None
     if getattr(worker, "stopping", False):
         return "stopping"
     if getattr(worker, "engine", None) is None:

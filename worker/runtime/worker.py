@@ -77,6 +77,7 @@ class Worker:
         self.exactly_once = settings.kafka.guarantee == "exactly_once"
         self.stopping = False
         self.ready = False
+        self.broker_unreachable = False  # set by the client's error callback, cleared by progress
         self.engine: Engine | None = None
         self._runs: list[list[Any]] = []
         self._last_snapshot = 0.0
@@ -93,7 +94,8 @@ class Worker:
         """Run until SIGTERM/SIGINT (finish the batch, commit, exit) or a fatal error."""
         self._check_topics()
         self._install_signals()
-        self._consumer = kafka.consumer(self.settings.kafka.consumer_config())
+        self._consumer = kafka.consumer({**self.settings.kafka.consumer_config(),
+                                         "error_cb": self._on_client_error})
         self._start()
         try:
             while not self.stopping:
@@ -174,6 +176,8 @@ class Worker:
             messages = self._consumer.consume(num_messages=self.settings.max_batch,
                                               timeout=min(remaining, 0.01))
             began = time.monotonic()
+            if messages:
+                self.broker_unreachable = False
             for msg in messages:
                 if msg.error():
                     self._on_consume_error(msg.error())
@@ -228,6 +232,7 @@ class Worker:
             metadata = self._consumer.consumer_group_metadata()
             kafka.call_bounded(producer.send_offsets_to_transaction, positions, metadata, OFFSETS_TIMEOUT_S)
         self._retrying(producer.commit_transaction)
+        self.broker_unreachable = False
         producer.begin_transaction()
 
     def _retrying(self, call: Any) -> None:
@@ -383,6 +388,11 @@ class Worker:
                                  f"{self.settings.kafka.group!r} took over; exiting") from None
                 log.warning("recovery failed (%s); retrying", e.args[0].str())
                 time.sleep(1.0)
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        kafka.log_client_error(error)
+        if error.code() in kafka.UNREACHABLE:
+            self.broker_unreachable = True
 
     def _on_consume_error(self, error: KafkaError) -> None:
         now = time.monotonic()
