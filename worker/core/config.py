@@ -30,7 +30,7 @@ class EngineConfig:
     - ``champion``: spec of version 1; ``challenger``: spec of every challenger
       created fresh (default: the champion's spec).
     - ``challenger_init``: ``"fresh"`` builds each challenger untrained from its spec;
-      ``"copy"`` takes a trained copy of the champion (``copy.deepcopy``). Default:
+      ``"copy"`` takes a trained copy of the champion (a pickle round trip). Default:
       ``"fresh"`` when a challenger spec is given, else ``"copy"``.
     - ``warmup_labels``: version 1 learns while it serves until this many labelled
       events, then it is frozen and the first challenger is created.

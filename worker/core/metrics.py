@@ -78,7 +78,7 @@ from typing import Any
 
 from worker.errors import ConfigError
 
-__all__ = ["Prequential", "predict_from_proba"]
+__all__ = ["FrozenMetrics", "Prequential", "predict_from_proba"]
 
 # river.metrics.base.ClassificationMetric._clamp_proba bounds.
 _P_MIN = 1e-15
@@ -87,6 +87,7 @@ _P_MAX = 1 - 1e-15
 _RESCALE_AT = 1e100
 # beta**2 for F1, as river's FBeta(beta=1.0) computes it.
 _B2 = 1.0**2
+_log = math.log
 
 
 def predict_from_proba(proba: Mapping[Hashable, float] | None) -> Hashable | None:
@@ -234,7 +235,10 @@ class Prequential:
     Call :meth:`update` once per labelled event, with the prediction and probabilities
     stored when the event was scored (not recomputed at label time). Picklable (plain
     attributes) and deterministic, so the engine can snapshot and replay it.
+    :meth:`freeze` keeps only the values, once no update will come.
     """
+
+    frozen = False  # see FrozenMetrics
 
     def __init__(self, window: int = 1000, fading: float = 0.999) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -291,36 +295,81 @@ class Prequential:
         self._n += 1
         if y_pred is None:
             return
-        if self._binary and not (type(y_true) is bool and type(y_pred) is bool):
-            self._binary = False
+        binary = self._binary
+        if binary and not (type(y_true) is bool and type(y_pred) is bool):
+            self._binary = binary = False
+        # The confusion-matrix updates below are _Confusion.update inlined (the same
+        # operations in the same order: this is the hot path, once per model per label).
+        correct = y_true == y_pred
 
         loss: float | None = None
         if proba:
-            if self._binary:  # river metrics.LogLoss
+            if binary:  # river metrics.LogLoss
                 p = proba.get(True, 0.0)  # type: ignore[call-overload]
-                p = max(min(p, _P_MAX), _P_MIN)
-                loss = -math.log(p) if y_true else -math.log(1 - p)
+                if p > _P_MAX:  # max(min(p, _P_MAX), _P_MIN), without the calls
+                    p = _P_MAX
+                elif p < _P_MIN:
+                    p = _P_MIN
+                loss = -_log(p) if y_true else -_log(1 - p)
             else:  # river metrics.CrossEntropy
                 p = proba.get(y_true)  # type: ignore[call-overload]
-                loss = 0.0 if p is None else -math.log(max(min(p, _P_MAX), _P_MIN))
+                if p is None:
+                    loss = 0.0
+                else:
+                    if p > _P_MAX:
+                        p = _P_MAX
+                    elif p < _P_MIN:
+                        p = _P_MIN
+                    loss = -_log(p)
 
         # cumulative
-        self._c_cm.update(y_true, y_pred, 1.0)
+        cm = self._c_cm
+        data = cm.data
+        row = data.get(y_true)
+        if row is None:
+            row = data[y_true] = {}
+        row[y_pred] = row.get(y_pred, 0.0) + 1.0
+        cm.total_weight += 1.0
+        sums = cm.sum_row
+        sums[y_true] = sums.get(y_true, 0.0) + 1.0
+        sums = cm.sum_col
+        sums[y_pred] = sums.get(y_pred, 0.0) + 1.0
+        if correct:
+            cm.total_true_positives += 1.0
         self._c_cm_n += 1
         if loss is not None:
-            self._c_loss_n += 1.0
-            self._c_loss_mean += (1.0 / self._c_loss_n) * (loss - self._c_loss_mean)
+            n = self._c_loss_n = self._c_loss_n + 1.0
+            self._c_loss_mean += (1.0 / n) * (loss - self._c_loss_mean)
 
         # window
         events = self._w_events
         if len(events) == self.window:
             old_true, old_pred, old_loss = events.popleft()
-            self._w_cm.update(old_true, old_pred, -1.0)
             if old_loss is not None:
                 self._w_loss_n -= 1
                 self._w_loss_sum -= old_loss
                 self._w_loss_reverts += 1
-        self._w_cm.update(y_true, y_pred, 1.0)
+            # The same (truth, prediction) pair leaving and entering leaves every count
+            # as it was (whole numbers: -1 then +1 is exact) and adds no key: skip both.
+            same = old_true == y_true and old_pred == y_pred
+            if not same:
+                self._w_cm.update(old_true, old_pred, -1.0)
+        else:
+            same = False
+        if not same:
+            cm = self._w_cm
+            data = cm.data
+            row = data.get(y_true)
+            if row is None:
+                row = data[y_true] = {}
+            row[y_pred] = row.get(y_pred, 0.0) + 1.0
+            cm.total_weight += 1.0
+            sums = cm.sum_row
+            sums[y_true] = sums.get(y_true, 0.0) + 1.0
+            sums = cm.sum_col
+            sums[y_pred] = sums.get(y_pred, 0.0) + 1.0
+            if correct:
+                cm.total_true_positives += 1.0
         events.append((y_true, y_pred, loss))
         if loss is not None:
             self._w_loss_n += 1
@@ -331,14 +380,25 @@ class Prequential:
             self._w_loss_reverts = 0
 
         # fading
-        inc = self._f_inc / self.fading
-        self._f_inc = inc
-        self._f_cm.update(y_true, y_pred, inc)
+        inc = self._f_inc = self._f_inc / self.fading
+        cm = self._f_cm
+        data = cm.data
+        row = data.get(y_true)
+        if row is None:
+            row = data[y_true] = {}
+        row[y_pred] = row.get(y_pred, 0.0) + inc
+        cm.total_weight += inc
+        sums = cm.sum_row
+        sums[y_true] = sums.get(y_true, 0.0) + inc
+        sums = cm.sum_col
+        sums[y_pred] = sums.get(y_pred, 0.0) + inc
+        if correct:
+            cm.total_true_positives += inc
         if loss is not None:
             self._f_loss_sum += inc * loss
             self._f_loss_w += inc
         if inc > _RESCALE_AT:
-            self._f_cm.divide(inc)
+            cm.divide(inc)
             self._f_loss_sum /= inc
             self._f_loss_w /= inc
             self._f_inc = 1.0
@@ -383,9 +443,77 @@ class Prequential:
         """All three views, keyed ``cumulative``, ``window`` and ``fading``."""
         return {"cumulative": self.cumulative(), "window": self.windowed(), "fading": self.faded()}
 
+    def freeze(self) -> FrozenMetrics:
+        """The values of the three views now, without the counters: see :class:`FrozenMetrics`."""
+        return FrozenMetrics(self)
+
     def __repr__(self) -> str:
         c = self.cumulative()
         return (
             f"Prequential(n={self._n}, scored={c['n']}, accuracy={c['accuracy']:.4f}, "
+            f"f1={c['f1']:.4f}, window={self.window}, fading={self.fading})"
+        )
+
+
+class FrozenMetrics:
+    """The final values of a :class:`Prequential` that will not be updated again.
+
+    The engine freezes a version's metrics when the version's model is dropped (a
+    discarded challenger, a former champion no longer retained): a live ``Prequential``
+    holds a confusion matrix per view and the window's last ``window`` events (~85 KB at
+    the default 1000), a frozen one only the three views' values (~2 KB), so the memory
+    of a long run does not grow with every version it ever created. It answers the same
+    reads (:attr:`n`, :attr:`n_scored`, :attr:`binary`, :meth:`cumulative`,
+    :meth:`windowed`, :meth:`faded`, :meth:`report`) with the values they had when it was
+    frozen, and has no ``update``.
+
+    >>> m = Prequential(window=10)
+    >>> m.update(True, True, {True: 0.9, False: 0.1})
+    >>> frozen = m.freeze()
+    >>> frozen.report() == m.report(), frozen.n, frozen.frozen, m.frozen
+    (True, 1, True, False)
+    """
+
+    frozen = True
+
+    def __init__(self, metrics: Prequential) -> None:
+        self.window = metrics.window
+        self.fading = metrics.fading
+        self._n = metrics.n
+        self._n_scored = metrics.n_scored
+        self._binary = metrics.binary
+        self._report = metrics.report()
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @property
+    def n_scored(self) -> int:
+        return self._n_scored
+
+    @property
+    def binary(self) -> bool:
+        return self._binary
+
+    def cumulative(self) -> dict[str, float]:
+        return dict(self._report["cumulative"])
+
+    def windowed(self) -> dict[str, float]:
+        return dict(self._report["window"])
+
+    def faded(self) -> dict[str, float]:
+        return dict(self._report["fading"])
+
+    def report(self) -> dict[str, dict[str, float]]:
+        return {view: dict(values) for view, values in self._report.items()}
+
+    def freeze(self) -> FrozenMetrics:
+        return self
+
+    def __repr__(self) -> str:
+        c = self._report["cumulative"]
+        return (
+            f"FrozenMetrics(n={self._n}, scored={c['n']}, accuracy={c['accuracy']:.4f}, "
             f"f1={c['f1']:.4f}, window={self.window}, fading={self.fading})"
         )

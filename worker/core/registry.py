@@ -32,7 +32,9 @@ class ModelVersion:
     created_labelled: int  # engine's labelled-event count when it was created
     created_ts: float | None  # event time when it was created, if events carry ts
     model: Any
-    metrics: Any = None  # Prequential over the labelled events it scored
+    # Prequential over the labelled events it scored (see Engine for which), live while
+    # its model is retained; frozen (metrics.FrozenMetrics) once the model is dropped.
+    metrics: Any = None
     detector: Any = None  # drift detector on its 0/1 errors, while champion or challenger
     learned: int = 0  # labelled events it learned from
     roles: list[str] = field(default_factory=list)  # roles it has held, in order
@@ -80,18 +82,31 @@ class Registry:
 
     def retire(self, version: int, *, keep_model: bool) -> None:
         """A model leaves its role: keep a former champion's model for rollbacks (up to
-        ``retain`` of them), drop a discarded challenger's."""
+        ``retain`` of them), drop a discarded challenger's.
+
+        A version whose model is dropped can never take a role again, so its metrics are
+        frozen then (``metrics.freeze()``): memory stays bounded by the retained versions
+        however many versions a long run creates.
+        """
         mv = self._versions[version]
         if version in self._retired:
             self._retired.remove(version)
         if not keep_model:
-            mv.model = None
+            _drop(mv)
             return
         self._retired.append(version)
         while len(self._retired) > self.retain:
-            self._versions[self._retired.pop(0)].model = None
+            _drop(self._versions[self._retired.pop(0)])
 
     def reinstate(self, version: int) -> None:
         """A retained model takes a role again (rollback): it is no longer retired."""
         if version in self._retired:
             self._retired.remove(version)
+
+
+def _drop(mv: ModelVersion) -> None:
+    """Let go of a version's model, detector and live metrics; its lineage stays."""
+    mv.model = None
+    mv.detector = None
+    if mv.metrics is not None:
+        mv.metrics = mv.metrics.freeze()

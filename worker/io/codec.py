@@ -61,6 +61,7 @@ __all__ = [
     "decode_command",
     "decode_event",
     "decode_label",
+    "decode_record",
     "dlq_headers",
     "encode_command",
     "encode_lifecycle",
@@ -75,6 +76,8 @@ MAX_ERROR_CHARS = 1000
 _QUOTE_CHARS = 64
 
 _isfinite = math.isfinite
+#: Feature value types that need no check when orjson parsed them (bool is an int).
+_PLAIN = frozenset({float, int, bool})
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,37 @@ def decode_label(value: bytes | None, position: Position | None, limits: Limits 
     Unlike on an event, the label is required: a label message without one is useless.
     """
     return _label(_load(value, limits, "label message", _check_label), position, limits)
+
+
+def decode_record(value: bytes, position: Position | None, limits: Limits = DEFAULT_LIMITS) -> Event | Label:
+    """One line of a replay file → :class:`Event` (it has ``features``) or :class:`Label`
+    (it has none), with :func:`decode_event`'s and :func:`decode_label`'s checks.
+
+    One ``orjson.loads`` decides and decodes. On the error path, where the JSON cannot be
+    parsed, a line that mentions ``"features"`` is diagnosed as an event, any other as a
+    label message.
+
+    >>> decode_record(b'{"id": "e1", "features": {"x": 1.0}, "label": true}', ("file", 0, 1)).features
+    {'x': 1.0}
+    >>> decode_record(b'{"id": "e1", "label": false}', ("file", 0, 2))
+    Label(id='e1', label=False, ts=None, position=('file', 0, 2))
+    """
+    if not value:
+        raise BadInputError("empty message")
+    if len(value) > limits.max_message_bytes:
+        raise BadInputError(f"message larger than {limits.max_message_bytes} bytes")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        event = b'"features"' in value
+        raise _not_json(value, str(exc), limits, "event" if event else "label message",
+                        _check_event if event else _check_label) from None
+    if type(obj) is not dict:
+        kind = "event" if b'"features"' in value else "label message"
+        raise BadInputError(f"{kind} must be a JSON object, got {_json_type(obj)}")
+    if "features" in obj:
+        return _event(obj, None, position, limits)
+    return _label(obj, position, limits)
 
 
 def decode_command(
@@ -349,11 +383,13 @@ def _not_json(
     return BadInputError(f"not JSON: {reason}")
 
 
-def _event(obj: dict[str, Any], key: str | None, position: Position | None, limits: Limits) -> Event:
+def _event(obj: dict[str, Any], key: str | None, position: Position | None, limits: Limits,
+           parsed: bool = True) -> Event:
     # Feature *names* are not length-checked: max_message_bytes bounds them, and what
     # grows a river model is the number of distinct names, which no per-message limit
-    # can bound. Floats from orjson are always finite; the check is for the lenient
-    # re-parse in _not_json, and costs next to nothing.
+    # can bound. Floats from orjson (``parsed``) are always finite, so features that are
+    # all numbers or booleans need no per-value pass (the common case: one C-level
+    # set of their types); the finiteness check is for the lenient re-parse in _not_json.
     id_ = obj.get("id")
     if type(id_) is not str or not 0 < len(id_) <= limits.max_id_chars:
         _id(id_, limits)  # raises the reason
@@ -362,6 +398,19 @@ def _event(obj: dict[str, Any], key: str | None, position: Position | None, limi
         raise BadInputError("missing features" if features is None else "features must be an object")
     if len(features) > limits.max_features:
         raise BadInputError(f"too many features: {len(features)} > {limits.max_features}")
+    if not parsed or not set(map(type, features.values())) <= _PLAIN:
+        _check_features(features, limits)  # else only numbers and booleans: nothing to check or drop
+    label = obj.get("label")
+    if label is not None:
+        label = _label_value(label, limits)
+    ts = obj.get("ts")
+    if ts is not None:
+        ts = _number(ts, "ts")
+    return Event(id_, features, label, ts, key, position)
+
+
+def _check_features(features: dict[str, Any], limits: Limits) -> None:
+    """Refuse a non-finite float, a long string or a value of another type; drop nulls."""
     max_chars = limits.max_string_chars
     nulls = None
     for name, v in features.items():  # the one pass; int and bool need no check
@@ -382,17 +431,10 @@ def _event(obj: dict[str, Any], key: str | None, position: Position | None, limi
     if nulls is not None:
         for name in nulls:
             del features[name]
-    label = obj.get("label")
-    if label is not None:
-        label = _label_value(label, limits)
-    ts = obj.get("ts")
-    if ts is not None:
-        ts = _number(ts, "ts")
-    return Event(id_, features, label, ts, key, position)
 
 
 def _check_event(obj: dict[str, Any], limits: Limits) -> Any:
-    return _event(obj, None, None, limits)
+    return _event(obj, None, None, limits, parsed=False)
 
 
 def _label(obj: dict[str, Any], position: Position | None, limits: Limits) -> Label:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from worker.core.types import Event, Label
 from worker.errors import BadInputError, ConfigError
-from worker.io.codec import decode_event, decode_label
+from worker.io.codec import decode_record
 
 Record = Event | Label
 
@@ -43,16 +43,11 @@ def read_jsonl(path: Path) -> Iterator[Record | BadRecord]:
     with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
             line = line.rstrip(b"\r\n")
-            if not line.strip():
-                continue
-            position = ("file", 0, number)
-            try:
-                if b'"features"' in line:
-                    yield decode_event(line, None, position)
-                else:
-                    yield decode_label(line, position)
+            try:  # one JSON parse per line: decode_record tells events from labels
+                yield decode_record(line, ("file", 0, number))
             except BadInputError as e:
-                yield BadRecord(number, str(e))
+                if line.strip():  # a blank line is skipped, not bad
+                    yield BadRecord(number, str(e))
 
 
 def read_csv(path: Path, *, target: str, id_column: str | None, drop: Sequence[str],
