@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,6 +72,10 @@ def create_topic(bootstrap: str) -> Callable[..., str]:
             operation_timeout=30,
         )
         futures[name].result(timeout=30)
+        deadline = time.monotonic() + 30
+        while not admin.list_topics(name, timeout=10).topics[name].partitions:  # metadata lags
+            assert time.monotonic() < deadline, f"topic {name} not visible in metadata"
+            time.sleep(0.1)
         return name
 
     return create

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +95,22 @@ def create_topics(
     existing = [s for s in specs if result[s.name] == "exists"]
     if existing:
         _check_existing(admin, admin_config, existing, names.control, timeout_s)
+    _await_metadata(admin, admin_config, [s.name for s in specs], timeout_s)
     return result
+
+
+def _await_metadata(admin: AdminClient, admin_config: dict[str, Any], names: list[str],
+                    timeout_s: float) -> None:
+    """A created topic shows in metadata a moment later: wait, so that a `worker run`
+    started right after `worker topics create` finds every topic."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = _metadata(admin, admin_config, timeout_s).topics
+        if all(name in topics and topics[name].partitions for name in names):
+            return
+        if time.monotonic() > deadline:
+            raise ConfigError(f"topics not visible in the cluster metadata after {timeout_s:g}s")
+        time.sleep(0.1)
 
 
 def missing_topics(admin_config: dict[str, Any], required: list[str], timeout_s: float = 10) -> list[str]:
