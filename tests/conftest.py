@@ -73,7 +73,11 @@ def create_topic(bootstrap: str) -> Callable[..., str]:
         )
         futures[name].result(timeout=30)
         deadline = time.monotonic() + 30
-        while not admin.list_topics(name, timeout=10).topics[name].partitions:  # metadata lags
+        def visible() -> bool:  # metadata, and the partitions' leaders, lag a little
+            partitions = admin.list_topics(name, timeout=10).topics[name].partitions
+            return bool(partitions) and all(p.leader >= 0 for p in partitions.values())
+
+        while not visible():
             assert time.monotonic() < deadline, f"topic {name} not visible in metadata"
             time.sleep(0.1)
         return name

@@ -106,7 +106,8 @@ def _await_metadata(admin: AdminClient, admin_config: dict[str, Any], names: lis
     deadline = time.monotonic() + timeout_s
     while True:
         topics = _metadata(admin, admin_config, timeout_s).topics
-        if all(name in topics and topics[name].partitions for name in names):
+        if all(name in topics and topics[name].partitions
+               and all(part.leader >= 0 for part in topics[name].partitions.values()) for name in names):
             return
         if time.monotonic() > deadline:
             raise ConfigError(f"topics not visible in the cluster metadata after {timeout_s:g}s")
