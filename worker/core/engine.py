@@ -91,6 +91,7 @@ class Engine:
     same, and a label that arrives later for an event that version scored is not
     counted in them (the served metrics and the counts still see it).
     """
+
     def __init__(self, config: EngineConfig, observer: Observer | None = None) -> None:
         self.config = config
         self.observer = observer or Observer()
