@@ -190,7 +190,7 @@ class KafkaSettings:
             "enable.partition.eof": False,
             # A small prefetch queue: the one-partition control topic is read together with
             # the event partitions, and a command must not wait behind a large backlog.
-            "queued.max.messages.kbytes": 1024,
+            "queued.max.messages.kbytes": 4096,
         }
         return config | dict(self.extra)
 
