@@ -82,6 +82,7 @@ class Worker:
         self._runs: list[list[Any]] = []
         self._last_snapshot = 0.0
         self._last_commit = 0.0
+        self._last_consume_error = 0.0
         self._consumer = None
         self._producer = None
         self._handler: Handler | None = None
@@ -242,7 +243,7 @@ class Worker:
                 call(TXN_CALL_TIMEOUT_S)
                 return
             except KafkaException as e:
-                if not e.args[0].retriable() or self.stopping and not self.exactly_once:
+                if not e.args[0].retriable():
                     raise
                 log.warning("broker not answering (%s); retrying the commit", e.args[0].str())
 
@@ -396,6 +397,6 @@ class Worker:
 
     def _on_consume_error(self, error: KafkaError) -> None:
         now = time.monotonic()
-        if now - getattr(self, "_last_consume_error", 0.0) >= 5.0:
+        if now - self._last_consume_error >= 5.0:
             self._last_consume_error = now
             log.warning("Kafka: %s (waiting for the broker)", error.str())
