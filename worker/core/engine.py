@@ -37,7 +37,7 @@ import copy
 import logging
 import pickle
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import Any
 
 from worker.core import state
 from worker.core.config import EngineConfig
@@ -56,25 +56,10 @@ log = logging.getLogger(__name__)
 _REMEMBERED_COMMANDS = 100_000  # command ids kept for idempotency
 
 
-class Score(NamedTuple):
-    """What one model predicted for an event. The engine keeps plain ``(version,
-    prediction, proba)`` tuples on its hot path (this layout); the class documents them
-    and lets snapshots written by earlier versions, which pickled these, still load."""
-
-    version: int
-    prediction: Any
-    proba: dict
-
-
-class Scored(NamedTuple):
-    """An event's features and what each model predicted, kept until its label: a plain
-    ``(features, served_by, champion, challenger, previous)`` tuple on the hot path."""
-
-    features: dict
-    served_by: str
-    champion: Score
-    challenger: Score | None
-    previous: Score | None
+# The hot path keeps plain tuples (no per-event objects):
+#   a score  = (version, prediction, proba) of one model for one event;
+#   a scored = (features, served_by, champion score, challenger score | None,
+#               previous-champion score | None), kept until the event's label.
 
 
 class Engine:
@@ -131,7 +116,7 @@ class Engine:
         :class:`BadInputError` (counted) when a model raises on it or its id is pending."""
         x = event.features
         champ, chal, prev = self._champ, self._chal, self._prev
-        # (version, prediction, proba) per model: Score's layout, as plain tuples; the
+        # (version, prediction, proba) per model, as plain tuples (see the top); the
         # prediction is predict_from_proba(proba), inlined (this runs 2-3 times per event).
         try:
             proba = champ.model.predict_proba_one(x)
@@ -148,7 +133,7 @@ class Engine:
         served, shadow, served_by = c, h, "champion"
         if self.split and h is not None and serves_challenger(event.key, self.split, event.id):
             served, shadow, served_by = h, c, "challenger"
-        scored = (x, served_by, c, h, p)  # Scored's layout
+        scored = (x, served_by, c, h, p)
 
         counts = self.counts
         label = event.label
@@ -207,7 +192,7 @@ class Engine:
         self._learn(scored, label.label)
 
     def _learn(self, scored: tuple, y: Any) -> None:
-        """Test-then-train on one labelled event (a :class:`Scored` tuple), then consult
+        """Test-then-train on one labelled event (a scored tuple), then consult
         the policy."""
         counts = self.counts
         counts["labelled"] += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 from confluent_kafka import Message, Producer
 
@@ -33,12 +32,6 @@ from worker.settings import TopicNames
 log = logging.getLogger("worker.run")
 
 
-@dataclass
-class Counts:
-    predictions: int = 0
-    dead_letters: int = 0
-
-
 class Handler:
     """Routes messages by topic; writes predictions, dead letters and control messages."""
 
@@ -50,7 +43,7 @@ class Handler:
         self.limits = limits
         self.secret = secret
         self.require_signed = require_signed_commands
-        self.counts = Counts()
+        self.dead_letters = 0
         self._last_bad_log = 0.0
 
     def handle(self, msg: Message, emit: bool) -> None:
@@ -63,7 +56,6 @@ class Handler:
                     key = prediction.key if prediction.key is not None else prediction.id
                     self.producer.produce(self.topics.predictions, value=encode_prediction(prediction),
                                           key=key.encode())
-                    self.counts.predictions += 1
             elif topic == self.topics.labels:
                 self.engine.process_label(decode_label(msg.value(), position, self.limits))
             else:
@@ -101,10 +93,10 @@ class Handler:
         position = (msg.topic(), msg.partition(), msg.offset())
         self.producer.produce(self.topics.dlq, value=msg.value(), key=msg.key(),
                               headers=dlq_headers(reason, position))
-        self.counts.dead_letters += 1
+        self.dead_letters += 1
         self.engine.observer.dead_letter()
         now = time.monotonic()
         if now - self._last_bad_log >= 1.0:  # rate-limited: one line per second at most
             self._last_bad_log = now
             log.warning("dead-lettered %s[%d]@%d: %s (%d so far)", *position, reason,
-                        self.counts.dead_letters)
+                        self.dead_letters)
