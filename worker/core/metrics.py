@@ -72,7 +72,7 @@ checked against ``utils.Rolling`` and a direct computation of S/B to ~1e-12.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -85,6 +85,8 @@ _P_MIN = 1e-15
 _P_MAX = 1 - 1e-15
 # Rescale the fading view's stored values once the per-event weight α^-i exceeds this.
 _RESCALE_AT = 1e100
+# Scored events kept by Prequential.update before they are folded into the views.
+_FOLD_EVERY = 256
 # beta**2 for F1, as river's FBeta(beta=1.0) computes it.
 _B2 = 1.0**2
 _log = math.log
@@ -106,6 +108,35 @@ def predict_from_proba(proba: Mapping[Hashable, float] | None) -> Hashable | Non
     return None
 
 
+def _losses(scored: list[tuple[Any, Any, Any]], binary: bool) -> list[float | None]:
+    """Per-event log-losses of (truth, prediction, proba) triples: river's ``LogLoss``
+    while the stream is binary, else its ``CrossEntropy``; None without a ``proba``."""
+    out: list[float | None] = []
+    append = out.append
+    for y_true, _, proba in scored:
+        if not proba:
+            append(None)
+            continue
+        if binary:
+            p = proba.get(True, 0.0)
+            if p > _P_MAX:  # max(min(p, _P_MAX), _P_MIN), without the calls
+                p = _P_MAX
+            elif p < _P_MIN:
+                p = _P_MIN
+            append(-_log(p) if y_true else -_log(1 - p))
+        else:
+            p = proba.get(y_true)
+            if p is None:
+                append(0.0)  # river's convention when y_true is not a key of proba
+                continue
+            if p > _P_MAX:
+                p = _P_MAX
+            elif p < _P_MIN:
+                p = _P_MIN
+            append(-_log(p))
+    return out
+
+
 class _Confusion:
     """A confusion matrix with river's layout (rows = truth, columns = prediction).
 
@@ -120,8 +151,16 @@ class _Confusion:
         self.total_weight = 0.0
         self.total_true_positives = 0.0
 
+    @classmethod
+    def of(cls, cells: Mapping[tuple[Any, Any], float]) -> _Confusion:
+        """The matrix with these (truth, prediction) → weight cells, in their order."""
+        cm = cls()
+        for (y_true, y_pred), w in cells.items():
+            cm.update(y_true, y_pred, float(w))
+        return cm
+
     def update(self, y_true: Any, y_pred: Any, w: float) -> None:
-        # Same operations as river's ConfusionMatrix.update (revert = update with -w).
+        # Same operations as river's ConfusionMatrix.update.
         row = self.data.get(y_true)
         if row is None:
             row = self.data[y_true] = {}
@@ -131,18 +170,6 @@ class _Confusion:
         self.sum_col[y_pred] = self.sum_col.get(y_pred, 0.0) + w
         if y_true == y_pred:
             self.total_true_positives += w
-
-    def divide(self, d: float) -> None:
-        """Divide every stored weight by ``d`` (the fading view's rare rescale)."""
-        for row in self.data.values():
-            for k in row:
-                row[k] /= d
-        for k in self.sum_row:
-            self.sum_row[k] /= d
-        for k in self.sum_col:
-            self.sum_col[k] /= d
-        self.total_weight /= d
-        self.total_true_positives /= d
 
     def values(self, binary: bool) -> tuple[float, float, float, float]:
         """(accuracy, f1, precision, recall) with river's formulas.
@@ -248,22 +275,20 @@ class Prequential:
         self.window = window
         self.fading = float(fading)
         self._n = 0  # labelled events, scored or not
+        self._todo: list[tuple[Any, Any, Any]] = []  # scored events not folded in yet
         self._binary = True  # every label seen so far is a bool
         # cumulative
         self._c_cm = _Confusion()
         self._c_cm_n = 0  # scored events
         self._c_loss_n = 0.0  # river stats.Mean state
         self._c_loss_mean = 0.0
-        # window
-        self._w_cm = _Confusion()
-        self._w_events: deque[tuple[Any, Any, float | None]] = deque()
-        self._w_loss_sum = 0.0
-        self._w_loss_n = 0
-        self._w_loss_reverts = 0  # subtractions since the sum was last recomputed
-        # fading: stored values = faded values * _f_inc, where _f_inc = α^-i is the weight
-        # given to the latest event i (so the latest event has faded weight 1).
-        self._f_cm = _Confusion()
-        self._f_inc = self.fading  # the first update divides by α: weight 1.0
+        # window: the last `window` scored events, counted when read
+        self._w_pairs: deque[tuple[Any, Any]] = deque(maxlen=window)
+        self._w_losses: deque[float | None] = deque(maxlen=window)
+        # fading: stored cell values = faded values * _f_inc, where _f_inc = α^-i is the
+        # weight given to the latest event i (so the latest event has faded weight 1).
+        self._f_cells: dict[tuple[Any, Any], float] = {}
+        self._f_inc = self.fading  # the first event is divided by α: weight 1.0
         self._f_loss_sum = 0.0
         self._f_loss_w = 0.0
 
@@ -275,11 +300,12 @@ class Prequential:
     @property
     def n_scored(self) -> int:
         """Labelled events that had a prediction, i.e. that the cumulative view counts."""
-        return self._c_cm_n
+        return self._c_cm_n + len(self._todo)
 
     @property
     def binary(self) -> bool:
         """True while every label seen (true and predicted) is a ``bool``."""
+        self._fold()
         return self._binary
 
     def update(
@@ -293,118 +319,68 @@ class Prequential:
         counts in :attr:`n`, as ``progressive_val_score`` skips such predictions.
         """
         self._n += 1
-        if y_pred is None:
+        if y_pred is not None:
+            todo = self._todo
+            todo.append((y_true, y_pred, proba))
+            if len(todo) >= _FOLD_EVERY:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Add the events kept by :meth:`update` to the three views, in their order.
+
+        The result does not depend on when folds happen: the cumulative cells are whole
+        numbers (exact in any grouping), and the losses, the log-loss mean and the fading
+        cells are computed event by event in order, as :meth:`update` would.
+        """
+        todo = self._todo
+        if not todo:
             return
-        binary = self._binary
-        if binary and not (type(y_true) is bool and type(y_pred) is bool):
-            self._binary = binary = False
-        # The confusion-matrix updates below are _Confusion.update inlined (the same
-        # operations in the same order: this is the hot path, once per model per label).
-        correct = y_true == y_pred
-
-        loss: float | None = None
-        if proba:
-            if binary:  # river metrics.LogLoss
-                p = proba.get(True, 0.0)  # type: ignore[call-overload]
-                if p > _P_MAX:  # max(min(p, _P_MAX), _P_MIN), without the calls
-                    p = _P_MAX
-                elif p < _P_MIN:
-                    p = _P_MIN
-                loss = -_log(p) if y_true else -_log(1 - p)
-            else:  # river metrics.CrossEntropy
-                p = proba.get(y_true)  # type: ignore[call-overload]
-                if p is None:
-                    loss = 0.0
-                else:
-                    if p > _P_MAX:
-                        p = _P_MAX
-                    elif p < _P_MIN:
-                        p = _P_MIN
-                    loss = -_log(p)
-
-        # cumulative
-        cm = self._c_cm
-        data = cm.data
-        row = data.get(y_true)
-        if row is None:
-            row = data[y_true] = {}
-        row[y_pred] = row.get(y_pred, 0.0) + 1.0
-        cm.total_weight += 1.0
-        sums = cm.sum_row
-        sums[y_true] = sums.get(y_true, 0.0) + 1.0
-        sums = cm.sum_col
-        sums[y_pred] = sums.get(y_pred, 0.0) + 1.0
-        if correct:
-            cm.total_true_positives += 1.0
-        self._c_cm_n += 1
-        if loss is not None:
-            n = self._c_loss_n = self._c_loss_n + 1.0
-            self._c_loss_mean += (1.0 / n) * (loss - self._c_loss_mean)
-
-        # window
-        events = self._w_events
-        if len(events) == self.window:
-            old_true, old_pred, old_loss = events.popleft()
-            if old_loss is not None:
-                self._w_loss_n -= 1
-                self._w_loss_sum -= old_loss
-                self._w_loss_reverts += 1
-            # The same (truth, prediction) pair leaving and entering leaves every count
-            # as it was (whole numbers: -1 then +1 is exact) and adds no key: skip both.
-            same = old_true == y_true and old_pred == y_pred
-            if not same:
-                self._w_cm.update(old_true, old_pred, -1.0)
+        self._todo = []
+        pairs = [(t, p) for t, p, _ in todo]
+        counts = Counter(pairs)  # C-level; first-appearance order, as river inserts
+        if self._binary and not all(type(t) is bool and type(p) is bool for t, p in counts):
+            losses = self._losses_until_multiclass(todo)
         else:
-            same = False
-        if not same:
-            cm = self._w_cm
-            data = cm.data
-            row = data.get(y_true)
-            if row is None:
-                row = data[y_true] = {}
-            row[y_pred] = row.get(y_pred, 0.0) + 1.0
-            cm.total_weight += 1.0
-            sums = cm.sum_row
-            sums[y_true] = sums.get(y_true, 0.0) + 1.0
-            sums = cm.sum_col
-            sums[y_pred] = sums.get(y_pred, 0.0) + 1.0
-            if correct:
-                cm.total_true_positives += 1.0
-        events.append((y_true, y_pred, loss))
-        if loss is not None:
-            self._w_loss_n += 1
-            self._w_loss_sum += loss
-        if self._w_loss_reverts >= self.window:
-            # Add/subtract drifts; an exact re-sum every `window` removals is O(1) amortised.
-            self._w_loss_sum = math.fsum(e[2] for e in events if e[2] is not None)
-            self._w_loss_reverts = 0
+            losses = _losses(todo, self._binary)
+        cm = self._c_cm
+        for (t, p), k in counts.items():
+            cm.update(t, p, float(k))  # whole numbers: the same floats as k updates by 1.0
+        self._c_cm_n += len(pairs)
+        self._w_pairs.extend(pairs)
+        self._w_losses.extend(losses)
 
-        # fading
-        inc = self._f_inc = self._f_inc / self.fading
-        cm = self._f_cm
-        data = cm.data
-        row = data.get(y_true)
-        if row is None:
-            row = data[y_true] = {}
-        row[y_pred] = row.get(y_pred, 0.0) + inc
-        cm.total_weight += inc
-        sums = cm.sum_row
-        sums[y_true] = sums.get(y_true, 0.0) + inc
-        sums = cm.sum_col
-        sums[y_pred] = sums.get(y_pred, 0.0) + inc
-        if correct:
-            cm.total_true_positives += inc
-        if loss is not None:
-            self._f_loss_sum += inc * loss
-            self._f_loss_w += inc
-        if inc > _RESCALE_AT:
-            cm.divide(inc)
-            self._f_loss_sum /= inc
-            self._f_loss_w /= inc
-            self._f_inc = 1.0
+        n, mean = self._c_loss_n, self._c_loss_mean
+        alpha, inc, cells = self.fading, self._f_inc, self._f_cells
+        loss_sum, loss_w = self._f_loss_sum, self._f_loss_w
+        for pair, loss in zip(pairs, losses, strict=True):
+            inc /= alpha
+            cells[pair] = cells.get(pair, 0.0) + inc
+            if loss is not None:
+                n += 1.0
+                mean += (1.0 / n) * (loss - mean)  # river's stats.Mean
+                loss_sum += inc * loss
+                loss_w += inc
+            if inc > _RESCALE_AT:
+                for key in cells:
+                    cells[key] /= inc
+                loss_sum /= inc
+                loss_w /= inc
+                inc = 1.0
+        self._c_loss_n, self._c_loss_mean = n, mean
+        self._f_inc, self._f_loss_sum, self._f_loss_w = inc, loss_sum, loss_w
+
+    def _losses_until_multiclass(self, todo: list[tuple[Any, Any, Any]]) -> list[float | None]:
+        """The losses of a fold in which the first non-bool label appears: LogLoss before
+        it, CrossEntropy from it on."""
+        for i, (t, p, _) in enumerate(todo):
+            if type(t) is not bool or type(p) is not bool:
+                self._binary = False
+                return _losses(todo[:i], True) + _losses(todo[i:], False)
+        raise AssertionError("unreachable: the caller saw a non-bool label")
 
     def cumulative(self) -> dict[str, float]:
         """Metrics over every scored event: the same floats as river's progressive score."""
+        self._fold()
         acc, f1, p, r = self._c_cm.values(self._binary)
         return {
             "n": self._c_cm_n,
@@ -417,21 +393,25 @@ class Prequential:
 
     def windowed(self) -> dict[str, float]:
         """Metrics over the last ``window`` scored events."""
-        acc, f1, p, r = self._w_cm.values(self._binary)
+        self._fold()
+        acc, f1, p, r = _Confusion.of(Counter(self._w_pairs)).values(self._binary)
+        losses = [loss for loss in self._w_losses if loss is not None]
         return {
-            "n": len(self._w_events),
+            "n": len(self._w_pairs),
             "accuracy": acc,
             "f1": f1,
             "precision": p,
             "recall": r,
-            "log_loss": self._w_loss_sum / self._w_loss_n if self._w_loss_n else 0.0,
+            "log_loss": math.fsum(losses) / len(losses) if losses else 0.0,
         }
 
     def faded(self) -> dict[str, float]:
         """Fading-factor metrics; ``n`` is the faded count ``B_i = Σ α^(i-j)`` (a float)."""
-        acc, f1, p, r = self._f_cm.values(self._binary)
+        self._fold()
+        cm = _Confusion.of(self._f_cells)
+        acc, f1, p, r = cm.values(self._binary)
         return {
-            "n": self._f_cm.total_weight / self._f_inc,
+            "n": cm.total_weight / self._f_inc,
             "accuracy": acc,
             "f1": f1,
             "precision": p,
