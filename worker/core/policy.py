@@ -138,6 +138,7 @@ class PairedTest:
         "_log_grid",
         "_cache_n",
         "_cache_log_e",
+        "_rejected",
     )
 
     def __init__(self, alpha: float = 0.05, margin: float = 0.0, grid_size: int = 10) -> None:
@@ -172,13 +173,17 @@ class PairedTest:
         self._log_grid = math.log(grid_size)
         self._cache_n = 0
         self._cache_log_e = 0.0
+        self._rejected = False  # _crossed() after the last update that moved the wealth
 
     # -- updating ------------------------------------------------------------------
 
     def update(self, loss_incumbent: float, loss_candidate: float) -> None:
         """Add one paired observation; both losses must be in [0, 1]."""
-        li = _check_loss(loss_incumbent, "loss_incumbent")
-        lc = _check_loss(loss_candidate, "loss_candidate")
+        li, lc = loss_incumbent, loss_candidate
+        if not (type(li) is int and 0 <= li <= 1):  # 0/1 losses (the engine's) need no check
+            li = _check_loss(li, "loss_incumbent")
+        if not (type(lc) is int and 0 <= lc <= 1):
+            lc = _check_loss(lc, "loss_candidate")
         d = li - lc
         self.n += 1
         self.sum_diff += d
@@ -191,14 +196,16 @@ class PairedTest:
         elif d == -1.0:
             self._log_k = list(map(add, self._log_k, self._row_neg))
         elif d == 0.0:
-            if self.margin != 0.0:  # with margin 0 a tie multiplies every wealth by 1
-                self._log_k = list(map(add, self._log_k, self._row_zero))
+            if self.margin == 0.0:
+                return  # a tie multiplies every wealth by 1: nothing else changes
+            self._log_k = list(map(add, self._log_k, self._row_zero))
         else:
             x = d - self.margin
             self._log_k = [
                 lk + math.log1p(lam * x) for lk, lam in zip(self._log_k, self.lambdas, strict=True)
             ]
-        if self.first_rejection_n is None and self._crossed():
+        self._rejected = self._crossed()
+        if self._rejected and self.first_rejection_n is None:
             self.first_rejection_n = self.n
 
     # -- reading -------------------------------------------------------------------
@@ -240,7 +247,7 @@ class PairedTest:
     @property
     def rejected(self) -> bool:
         """True when the e-value is at or above ``1/alpha`` now."""
-        return self.n > 0 and self._crossed()
+        return self._rejected
 
     @property
     def ever_rejected(self) -> bool:

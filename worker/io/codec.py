@@ -401,7 +401,7 @@ def _event(obj: dict[str, Any], key: str | None, position: Position | None, limi
     if not parsed or not set(map(type, features.values())) <= _PLAIN:
         _check_features(features, limits)  # else only numbers and booleans: nothing to check or drop
     label = obj.get("label")
-    if label is not None:
+    if label is not None and type(label) is not bool:  # a bool needs no check
         label = _label_value(label, limits)
     ts = obj.get("ts")
     if ts is not None:

@@ -46,9 +46,10 @@ def replay(records: Iterable[Record | BadRecord], engine: Engine, out_dir: Path 
                     engine.process_label(record)
             except BadInputError as e:
                 bad.add(record.position[2] if record.position else None, str(e))
-            engine.take_decisions()  # already applied; a Kafka worker writes them to control
-            for event in engine.take_lifecycle():
-                _write(lifecycle, lifecycle_dict(event))
+            if engine.has_lifecycle:  # every decision comes with its lifecycle events
+                engine.take_decisions()  # already applied; a Kafka worker writes them to control
+                for event in engine.take_lifecycle():
+                    _write(lifecycle, lifecycle_dict(event))
             if engine.counts["labelled"] >= next_point:
                 _write(timeline, timeline_point(engine))
                 next_point = engine.counts["labelled"] + timeline_every
