@@ -168,7 +168,7 @@ def bad_messages() -> list[tuple[str, bytes, str]]:
 def test_malformed_events_go_to_the_dlq_and_the_worker_goes_on(bootstrap, unique, tmp_path):
     prefix = unique("dlq") + "."
     create_all_topics(bootstrap, prefix, 3)
-    with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
+    with running(bootstrap, prefix, tmp_path / "worker.log", "--status-interval-s", "0.5") as worker:
         bad = bad_messages()
         records: list[tuple[bytes | None, bytes]] = []
         valid_ids: list[str] = []
@@ -221,6 +221,16 @@ def test_malformed_events_go_to_the_dlq_and_the_worker_goes_on(bootstrap, unique
         assert all(c == 1 for c in counts.values()), {i: c for i, c in counts.items() if c != 1}
         assert worker.proc.poll() is None
         assert '"level": "warning"' in worker.log() and "dead-lettered" in worker.log()
+        # every one is counted in the status, and the periodic status reports say so too
+        counts = status(bootstrap, prefix)["counts"]
+        assert (counts["undecodable"], counts["bad"], counts["events"]) == (len(bad), 0, len(valid_ids) + 1)
+        periodic = wait_until(
+            lambda: [r for r in json_values(read_all(bootstrap, prefix + "control"))
+                     if r["type"] == "status_report" and "command_id" not in r
+                     and r["detail"]["counts"]["undecodable"] == len(bad)],
+            30, "a periodic status report that counts every dead letter",
+        )
+        assert periodic[-1]["detail"]["counts"]["events"] == len(valid_ids) + 1
 
 
 # ------------------------------------------------------------ 5. operator commands

@@ -495,6 +495,19 @@ def test_snapshot_and_status_commands():
     assert report["models"]["champion"]["metrics"]["cumulative"]["n"] == 60
 
 
+def test_periodic_status_report_and_undecodable_count_survive_a_snapshot():
+    engine = warm_engine()
+    engine.count_undecodable()
+    engine.count_undecodable()
+    engine.report_status()
+    (event,) = engine.take_lifecycle()
+    assert event.type == "status_report" and event.command_id is None  # answers no command
+    assert event.detail["counts"]["undecodable"] == 2 and event.detail["counts"]["bad"] == 0
+    assert engine.take_decisions() == []
+    restored = Engine.restore(engine.snapshot(b"k"), b"k")
+    assert restored.status()["counts"] == engine.status()["counts"]
+
+
 def test_probation_pairs_only_the_current_champion_and_previous():
     # An event scored while v2 was champion (v1 previous) whose label comes after a
     # rollback and a new promotion (v3 champion, v1 previous again) must not count in

@@ -263,3 +263,14 @@ def test_check_keys():
         check_keys({"zzz": 1}, ["reason", "group"], "[control]")
     with pytest.raises(ConfigError, match=r"\[run\] must be a table"):
         check_keys("text", {"a"}, "[run]")
+
+
+@pytest.mark.parametrize("interval", [-1, float("nan"), float("inf"), True, "60"])
+def test_status_interval_must_be_seconds_or_zero(interval):
+    from worker.runtime.worker import RunSettings
+
+    kafka = KafkaSettings(bootstrap="127.0.0.1:9092", group="g")
+    assert RunSettings(kafka=kafka, secret=b"s").status_interval_s == 60.0
+    assert RunSettings(kafka=kafka, secret=b"s", status_interval_s=0).status_interval_s == 0
+    with pytest.raises(ConfigError, match="status_interval_s"):
+        RunSettings(kafka=kafka, secret=b"s", status_interval_s=interval)

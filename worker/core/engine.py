@@ -89,7 +89,8 @@ class Engine:
         self.pending = PendingBuffer(config.pending_max, config.pending_ttl)  # awaiting labels
         self.early = PendingBuffer(config.pending_max, config.pending_ttl)  # awaiting events
         self.counts = dict.fromkeys(
-            ("events", "labelled", "bad", "learn_errors", "promotions", "rollbacks", "resets"), 0
+            ("events", "labelled", "bad", "undecodable", "learn_errors", "promotions", "rollbacks", "resets"),
+            0,
         )
         self.positions: dict[tuple[str, int], int] = {}  # last input offset per topic-partition
         self.learning = True
@@ -427,6 +428,15 @@ class Engine:
     def _cmd_status(self, command: Command) -> None:
         self._emit("status_report", command.command_id, **self.status())
 
+    def report_status(self) -> None:
+        """Emit a ``status_report`` that answers no command (the worker's periodic one)."""
+        self._emit("status_report", None, **self.status())
+
+    def count_undecodable(self) -> None:
+        """Count an input message the edge could not decode (it dead-letters it): with the
+        engine's own refusals (``bad``) these are in the status and the snapshots."""
+        self.counts["undecodable"] += 1
+
     # --- roles and versions --------------------------------------------------------------
 
     def _create(self, spec: str, model: Any, parent: int | None, reason: str) -> ModelVersion:
@@ -570,6 +580,7 @@ class Engine:
     def __setstate__(self, values: dict[str, Any]) -> None:
         self.__dict__.update(values)
         self.observer = Observer()
+        self.counts.setdefault("undecodable", 0)  # a snapshot from before it was counted
         for mv in self.registry:  # a snapshot from before dropped versions' metrics were frozen
             if mv.model is None and mv.metrics is not None and not mv.metrics.frozen:
                 mv.metrics = mv.metrics.freeze()

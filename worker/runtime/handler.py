@@ -51,22 +51,37 @@ class Handler:
         position = (topic, msg.partition(), msg.offset())
         try:
             if topic == self.topics.events:
-                prediction = self.engine.process(decode_event(msg.value(), msg.key(), position, self.limits))
+                try:
+                    event = decode_event(msg.value(), msg.key(), position, self.limits)
+                except BadInputError:
+                    self.engine.count_undecodable()
+                    raise
+                prediction = self.engine.process(event)  # counts what it refuses itself
                 if emit:
                     key = prediction.key if prediction.key is not None else prediction.id
                     self.producer.produce(self.topics.predictions, value=encode_prediction(prediction),
                                           key=key.encode())
             elif topic == self.topics.labels:
-                self.engine.process_label(decode_label(msg.value(), position, self.limits))
+                try:
+                    label = decode_label(msg.value(), position, self.limits)
+                except BadInputError:
+                    self.engine.count_undecodable()
+                    raise
+                self.engine.process_label(label)
             else:
                 self._control(msg)
         except BadInputError as e:
             if emit:
                 self._dead_letter(msg, str(e))
-        self._flush_engine_outputs(emit)
+        if self.engine.has_lifecycle:  # every decision comes with its lifecycle events
+            self.flush(emit)
 
     def _control(self, msg: Message) -> None:
-        decoded, raw = decode_command(msg.value(), self.limits)
+        try:
+            decoded, raw = decode_command(msg.value(), self.limits)
+        except BadInputError:
+            self.engine.count_undecodable()
+            raise
         if not isinstance(decoded, Command):
             return  # a lifecycle event: ours or another worker's answer
         if self.require_signed and not verify_command(raw, self.secret):
@@ -76,7 +91,8 @@ class Handler:
             return
         self.engine.apply(decoded)
 
-    def _flush_engine_outputs(self, emit: bool) -> None:
+    def flush(self, emit: bool) -> None:
+        """Write (``emit``) or drop the engine's decisions and lifecycle events so far."""
         decisions = self.engine.take_decisions()
         lifecycle = self.engine.take_lifecycle()
         if not emit:

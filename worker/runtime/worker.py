@@ -59,10 +59,14 @@ class RunSettings:
     state_dir: Path = Path(".worker-state")
     metrics_port: int | None = None
     limits: Limits = DEFAULT_LIMITS
+    status_interval_s: float = 60.0  # a periodic status_report on control; 0: none
 
     def __post_init__(self) -> None:
         if not self.secret:
             raise ConfigError("a secret is required to sign snapshots (--secret or WORKER_SECRET)")
+        s = self.status_interval_s
+        if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s < float("inf"):
+            raise ConfigError(f"status_interval_s must be a number of seconds >= 0 (0: off), got {s!r}")
 
 
 class Worker:
@@ -82,6 +86,7 @@ class Worker:
         self._runs: list[list[Any]] = []
         self._last_snapshot = 0.0
         self._last_commit = 0.0
+        self._last_status = time.monotonic()
         self._last_consume_error = 0.0
         self._consumer = None
         self._producer = None
@@ -186,7 +191,17 @@ class Worker:
                 self._handler.handle(msg, emit=True)
                 self._record(msg)
             self.observer.observe_batch(time.monotonic() - began, len(messages))  # also when idle
+        self._report_status_when_due()
         self._commit()
+
+    def _report_status_when_due(self) -> None:
+        """The periodic ``status_report`` (ARCHITECTURE.md §2), written with this interval's
+        outputs. Not part of the engine's state: a recovery does not repeat it."""
+        every = self.settings.status_interval_s
+        if every and time.monotonic() - self._last_status >= every:
+            self._last_status = time.monotonic()
+            self.engine.report_status()
+            self._handler.flush(emit=True)
 
     def _record(self, msg: Any) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
