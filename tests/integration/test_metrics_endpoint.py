@@ -99,3 +99,35 @@ def test_metrics_endpoint(bootstrap, unique, tmp_path):
         assert value(samples, "worker_model_version", role="challenger") == 3
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
+
+
+def test_input_replayed_after_a_crash_is_not_counted_again(bootstrap, unique, tmp_path):
+    """A restarted worker replays what its last snapshot does not cover; the counters of
+    the new process count only what it processes live."""
+    prefix = unique("recount") + "."
+    create_all_topics(bootstrap, prefix, partitions=1)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    # one snapshot at the first commit, none after: everything later is replayed on restart
+    args = ("--metrics-port", str(port), "--policy", "manual", "--snapshot-interval-s", "3600")
+    first = WorkerProcess(bootstrap, prefix, tmp_path / "first.log", *args)
+    try:
+        wait_until(lambda: get(f"{base}/readyz") == (200, "ok\n") or first.proc.poll() is not None,
+                   60, "the first worker ready")
+        produce(bootstrap, f"{prefix}events", (event(i) for i in range(300)))
+        wait_until(lambda: value(scrape(base), "worker_events_total", served_by="champion") == 300,
+                   60, "300 events counted")
+    finally:
+        first.kill()
+    second = WorkerProcess(bootstrap, prefix, tmp_path / "second.log", *args)
+    try:
+        wait_until(lambda: get(f"{base}/readyz") == (200, "ok\n") or second.proc.poll() is not None,
+                   60, "the restarted worker ready")
+        assert "recovered: replayed" in second.log(), second.log()[-3000:]
+        assert value(scrape(base), "worker_events_total", served_by="champion") == 0
+        produce(bootstrap, f"{prefix}events", (event(i) for i in range(300, 310)))
+        wait_until(lambda: value(scrape(base), "worker_events_total", served_by="champion") == 10,
+                   60, "the 10 new events counted")
+        assert value(scrape(base), "worker_labelled_events") == 310  # the engine did replay them
+    finally:
+        assert second.stop() == 0, second.log()[-3000:]

@@ -269,9 +269,12 @@ class Worker:
         reader = kafka.reader({**self.settings.kafka.consumer_config(),
                                "group.id": f"{self.settings.kafka.group}.recovery"})
         try:
-            return self._recover_from_kafka(reader) if self.exactly_once else self._recover_from_file()
+            offsets = self._recover_from_kafka(reader) if self.exactly_once else self._recover_from_file()
         finally:
             reader.close()
+        # Observed from here on: replayed input was counted when it was first processed.
+        self.engine.observer = self.observer
+        return offsets
 
     def _recover_from_kafka(self, reader: Any) -> dict[tuple[str, int], int]:
         loaded = self._checkpoints.load(reader)
@@ -304,11 +307,11 @@ class Worker:
 
     def _new_engine(self, snapshot: bytes | None) -> None:
         if snapshot is not None and not self._fresh:
-            self.engine = Engine.restore(snapshot, self.settings.secret, self.engine_config, self.observer)
+            self.engine = Engine.restore(snapshot, self.settings.secret, self.engine_config)
             log.info("restored engine: champion v%d, challenger v%s, %d events seen",
                      self.engine.champion, self.engine.challenger, self.engine.counts["events"])
         else:
-            self.engine = Engine(self.engine_config, self.observer)
+            self.engine = Engine(self.engine_config)
             log.info("new engine%s", " (--fresh: stored state ignored)" if self._fresh else "")
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
                                 secret=self.settings.secret,
