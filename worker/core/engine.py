@@ -44,6 +44,7 @@ from typing import Any
 
 from worker.core import state
 from worker.core.config import EngineConfig
+from worker.core.detector import ErrorDetector
 from worker.core.metrics import Prequential
 from worker.core.modelspec import parse_detector, parse_model
 from worker.core.observer import Observer
@@ -241,11 +242,8 @@ class Engine:
             return
         metrics.update(y, score[1], score[2])
         detector = mv.detector
-        if detector is not None:
-            window = _adaptive_window(detector)
-            detector.update(loss)
-            if detector.drift_detected:
-                self._on_drift(mv, _error_change(detector, window, loss))
+        if detector is not None and detector.update(loss):
+            self._on_drift(mv, detector.change)
 
     def _train(self, mv: ModelVersion, x: dict, y: Any) -> None:
         try:
@@ -391,7 +389,7 @@ class Engine:
         self._prev = self.probation = None
         bad.detector = None
         self.registry.retire(bad.version, keep_model=True)
-        restored.detector = parse_detector(self.config.detector)
+        restored.detector = ErrorDetector(parse_detector(self.config.detector))
         self._champ = restored
         self._take_role(restored, "champion")
         self._transition_at = self.counts["labelled"]
@@ -443,7 +441,7 @@ class Engine:
         mv = self.registry.create(spec, model=model, parent=parent, reason=reason,
                                   labelled=self.counts["labelled"], ts=self._ts)
         mv.metrics = Prequential(self.config.window, self.config.fading)
-        mv.detector = parse_detector(self.config.detector)
+        mv.detector = ErrorDetector(parse_detector(self.config.detector))
         return mv
 
     def _take_role(self, mv: ModelVersion, role: str) -> None:
@@ -625,29 +623,3 @@ def _reduce_random(rng: random.Random) -> tuple:
 
 
 _COPY_REDUCERS = {**copyreg.dispatch_table, random.Random: _reduce_random}
-
-
-def _adaptive_window(detector: Any) -> tuple[float, float] | None:
-    """(sum, width) of an ADWIN-like detector's window, or None for other detectors."""
-    try:
-        return float(detector.total), float(detector.width)
-    except AttributeError:
-        return None
-
-
-def _error_change(detector: Any, window: tuple[float, float] | None, loss: int) -> tuple[float, float] | None:
-    """The error rate before and after the change point an ADWIN-like detector just found.
-
-    On a detection ADWIN drops the older part of its window: "before" is the mean loss of
-    the dropped part, "after" the mean of the part it kept. (The metrics' cumulative and
-    sliding-window views cannot tell: they are equal while a model is younger than the
-    window, and a window that mostly predates the change hides a rise.)
-    """
-    if window is None:
-        return None
-    total, width = window
-    kept_total, kept = _adaptive_window(detector)
-    dropped = width + 1.0 - kept
-    if dropped <= 0 or kept <= 0:
-        return None
-    return (total + loss - kept_total) / dropped, kept_total / kept
