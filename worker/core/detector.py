@@ -37,8 +37,9 @@ class ErrorDetector:
         #: after an alarm of an ADWIN: (error rate before, after) the change point, else None
         self.change: tuple[float, float] | None = None
         self._adaptive = type(detector) is drift.ADWIN
-        self._sum = 0.0  # the errors in the detector's window ...
-        self._n = 0  # ... and their number
+        # the errors in the detector's window and their number (a used one: from a snapshot)
+        self._sum = float(detector.total) if self._adaptive else 0.0
+        self._n = int(detector.width) if self._adaptive else 0
 
     def update(self, loss: int) -> bool:
         """Feed one loss; True when the detector signals a drift on it."""

@@ -578,8 +578,12 @@ class Engine:
     def __setstate__(self, values: dict[str, Any]) -> None:
         self.__dict__.update(values)
         self.observer = Observer()
-        self.counts.setdefault("undecodable", 0)  # a snapshot from before it was counted
-        for mv in self.registry:  # a snapshot from before dropped versions' metrics were frozen
+        # Older snapshots: before dropped versions' metrics were frozen; worker 0.1.0
+        # (e8d67cf): no undecodable count, bare river detectors.
+        self.counts.setdefault("undecodable", 0)
+        for mv in self.registry:
+            if mv.detector is not None and not isinstance(mv.detector, ErrorDetector):
+                mv.detector = ErrorDetector(mv.detector)
             if mv.model is None and mv.metrics is not None and not mv.metrics.frozen:
                 mv.metrics = mv.metrics.freeze()
 

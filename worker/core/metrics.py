@@ -432,6 +432,18 @@ class Prequential:
         """The values of the three views now, without the counters: see :class:`FrozenMetrics`."""
         return FrozenMetrics(self)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_w_events" in state:  # pickled by worker 0.1.0 (e8d67cf): counters kept per event
+            events = state.pop("_w_events")
+            state["_w_pairs"] = deque(((t, p) for t, p, _ in events), maxlen=state["window"])
+            state["_w_losses"] = deque((loss for _, _, loss in events), maxlen=state["window"])
+            faded = state.pop("_f_cm")
+            state["_f_cells"] = {(t, p): w for t, row in faded.data.items() for p, w in row.items()}
+            for name in ("_w_cm", "_w_loss_sum", "_w_loss_n", "_w_loss_reverts"):
+                del state[name]
+            state["_todo"] = []
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         c = self.cumulative()
         return (

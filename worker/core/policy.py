@@ -284,6 +284,8 @@ class PairedTest:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             setattr(self, name, value)
+        if "_rejected" not in state:  # pickled by worker 0.1.0 (e8d67cf), before the cache
+            self._rejected = self.n > 0 and self._crossed()
 
     def __repr__(self) -> str:
         return (

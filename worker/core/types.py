@@ -1,10 +1,11 @@
 """Plain messages that cross the boundary between the engine and the edges.
 
 The Kafka edge (and `worker replay`) turn raw bytes into these dataclasses; the
-engine only ever sees them. `Event`, `Label` and `Prediction`, made once per message,
-are not frozen: a frozen dataclass's ``__init__`` costs ~1.1 µs more (it sets each field
-through ``object.__setattr__``), which is a few per cent of the per-event budget. Treat
-them as read-only all the same. Field names follow the JSON contracts of
+engine only ever sees them. `Event` and `Prediction`, made once per event, are not
+frozen: a frozen dataclass's ``__init__`` costs ~1.1 µs more (it sets each field through
+``object.__setattr__``), which is a few per cent of the per-event budget. Treat them as
+read-only all the same. (`Label` stays frozen: early labels are in snapshots, and a
+frozen dataclass pickles its fields differently.) Field names follow the JSON contracts of
 ARCHITECTURE.md §2, so encoding is a straight mapping.
 """
 
@@ -30,7 +31,7 @@ class Event:
     position: Position | None = None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Label:
     """Delayed ground truth for the event with the same ``id``."""
 
