@@ -1,6 +1,6 @@
 """The one interface through which the engine reports what it does, for metrics.
 
-The engine calls these hooks (the run loop calls the last three: timings, dead letters);
+The engine calls these hooks (the run loop calls the last four: timings, dead letters);
 the Prometheus edge (`worker.obs`) overrides them. The default does nothing, so the core
 never depends on a metrics library. Per-model metric values are not pushed through
 here: an exporter reads them from `Engine.status()` when it is scraped.
@@ -35,6 +35,10 @@ class Observer:
     def observe_batch(self, seconds: float, events: int) -> None:
         """The run loop handled ``events`` input messages in ``seconds`` (consume wait
         excluded). Called on the loop's thread after every consume, also with 0 events."""
+
+    def observe_transaction(self, seconds: float) -> None:
+        """A transaction was committed ``seconds`` after the first input it holds was
+        handled (exactly-once only)."""
 
     def observe_checkpoint(self, seconds: float) -> None:
         """An engine snapshot (with its offsets) was written in ``seconds``."""

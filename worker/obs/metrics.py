@@ -33,6 +33,7 @@ VIEWS = ("cumulative", "window", "fading")
 MODEL_METRICS = ("accuracy", "f1", "precision", "recall", "log_loss")
 LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0)
 CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TRANSACTION_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LAG_EVERY_S = 1.0
 
 
@@ -71,6 +72,9 @@ class PrometheusObserver(Observer):
         self._latency = Histogram("worker_processing_latency_seconds", "Handling time per input "
                                   "message (a batch's time spread over its messages).",
                                   buckets=LATENCY_BUCKETS, registry=r)
+        self._transaction = Histogram("worker_transaction_span_seconds", "Time from the first input "
+                                      "handled in a transaction to its commit (exactly-once).",
+                                      buckets=TRANSACTION_BUCKETS, registry=r)
         self._checkpoint = Histogram("worker_checkpoint_duration_seconds", "Time to write an engine "
                                      "snapshot with its offsets.", buckets=CHECKPOINT_BUCKETS, registry=r)
         for served_by in ("champion", "challenger"):  # every series exists from the start, at 0
@@ -119,6 +123,9 @@ class PrometheusObserver(Observer):
         if now - self._lag_at >= LAG_EVERY_S:
             self._lag_at = now
             self.lag = _read_lag(getattr(self.worker, "_consumer", None))
+
+    def observe_transaction(self, seconds: float) -> None:
+        self._transaction.observe(seconds)
 
     def observe_checkpoint(self, seconds: float) -> None:
         self._checkpoint.observe(seconds)

@@ -87,6 +87,8 @@ class Worker:
         self._last_snapshot = 0.0
         self._last_commit = 0.0
         self._last_status = time.monotonic()
+        self._leftover: list[Any] = []  # consumed, not yet handled: the next transaction's
+        self._span_began: float | None = None  # first message handled in this transaction
         self._last_consume_error = 0.0
         self._consumer = None
         self._producer = None
@@ -132,6 +134,7 @@ class Worker:
             self._checkpoints.write_instance(self._producer, self.instance)
             self._producer.commit_transaction(TXN_CALL_TIMEOUT_S)
         offsets = self._recover()
+        self._leftover, self._span_began = [], None
         self._assign(offsets)
         if self.exactly_once:
             self._producer.begin_transaction()
@@ -171,26 +174,41 @@ class Worker:
     # --- the loop ------------------------------------------------------------------------
 
     def _step(self) -> None:
+        """Handle input for one commit interval, then commit. Messages are handled one by
+        one while the interval lasts; what a consume() returned beyond it waits for the
+        next transaction, so no transaction outlasts the interval by more than one
+        message, however slow the models (a 500-message batch of a slow model would
+        otherwise run past the transaction timeout, be aborted and be retried forever)."""
         interval = self.settings.kafka.commit_interval_ms / 1000
         deadline = time.monotonic() + interval
         while not self.stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            # consume() waits for a full batch or its timeout: keep the wait short, so events
-            # are processed as they come and only the commit waits for the interval
-            messages = self._consumer.consume(num_messages=self.settings.max_batch,
-                                              timeout=min(remaining, 0.01))
+            if self._leftover:
+                messages, self._leftover = self._leftover, []
+            else:
+                # consume() waits for a full batch or its timeout: keep the wait short, so
+                # events are processed as they come and only the commit waits for the interval
+                messages = self._consumer.consume(num_messages=self.settings.max_batch,
+                                                  timeout=min(remaining, 0.01))
             began = time.monotonic()
             if messages:
                 self.broker_unreachable = False
+                if self._span_began is None:
+                    self._span_began = began
+            handled = 0
             for msg in messages:
+                if handled and time.monotonic() >= deadline:
+                    self._leftover = messages[handled:]
+                    break
+                handled += 1
                 if msg.error():
                     self._on_consume_error(msg.error())
                     continue
                 self._handler.handle(msg, emit=True)
                 self._record(msg)
-            self.observer.observe_batch(time.monotonic() - began, len(messages))  # also when idle
+            self.observer.observe_batch(time.monotonic() - began, handled)  # also when idle
         self._report_status_when_due()
         self._commit()
 
@@ -202,6 +220,19 @@ class Worker:
             self._last_status = time.monotonic()
             self.engine.report_status()
             self._handler.flush(emit=True)
+
+    def _processed_offsets(self) -> list[TopicPartition]:
+        """Where each input continues after what was handled: the consumer's position,
+        except where messages are left for the next transaction (see _step): there, the
+        first of them."""
+        positions = {(tp.topic, tp.partition): tp.offset
+                     for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0}
+        first_left: dict[tuple[str, int], int] = {}
+        for msg in self._leftover:
+            if not msg.error():
+                first_left.setdefault((msg.topic(), msg.partition()), msg.offset())
+        positions.update(first_left)
+        return [TopicPartition(t, p, o) for (t, p), o in positions.items()]
 
     def _record(self, msg: Any) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -225,6 +256,9 @@ class Worker:
                 self._checkpoints.write_instance(self._producer, self.instance)
             self._commit_transaction(snapshot_due)
             self._last_commit = time.monotonic()
+            if self._span_began is not None:
+                self.observer.observe_transaction(self._last_commit - self._span_began)
+                self._span_began = None
         else:
             self._producer.poll(0)
             if snapshot_due:
@@ -243,7 +277,7 @@ class Worker:
             log.debug("snapshot written in %.3fs", self._last_snapshot - began)
         elif self._runs:
             self._checkpoints.write_progress(producer, self._runs)
-        positions = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
+        positions = self._processed_offsets()
         if positions:
             metadata = self._consumer.consumer_group_metadata()
             kafka.call_bounded(producer.send_offsets_to_transaction, positions, metadata, OFFSETS_TIMEOUT_S)
@@ -343,7 +377,7 @@ class Worker:
             log.warning("%d outputs not delivered: resuming from the last snapshot", self._undelivered)
             self._restart()
             return
-        positions = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
+        positions = self._processed_offsets()
         self._local.save(self.engine.snapshot(self.settings.secret),
                          {(tp.topic, tp.partition): tp.offset for tp in positions})
         if positions:

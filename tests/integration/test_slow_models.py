@@ -1,0 +1,54 @@
+"""A slow model never holds a transaction open much past the commit interval, and the
+messages a consume() returned beyond it are handled in the next transaction: none lost,
+none twice, also when the worker is stopped while some are left over."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from tests.integration.harness import WorkerProcess, create_all_topics, event, produce, wait_until
+from tests.integration.test_metrics_endpoint import free_port, get, scrape, value
+from tests.integration.test_worker_io import predicted_ids
+
+SLOW = "forest.ARFClassifier(n_models=20, seed=1)"  # ~5 ms per event with 20 features
+EVENTS = 600
+
+
+def slow_events():
+    rng = random.Random(3)
+    for i in range(EVENTS):
+        x = {f"f{j}": rng.random() for j in range(20)}
+        yield event(i, label=x["f0"] + x["f1"] > 1.0, **x)
+
+
+def test_slow_model_keeps_transactions_short_and_loses_nothing(bootstrap, unique, tmp_path):
+    prefix = unique("slow") + "."
+    create_all_topics(bootstrap, prefix, partitions=2)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ("--metrics-port", str(port), "--champion", SLOW, "--warmup-labels", "50")
+    first = WorkerProcess(bootstrap, prefix, tmp_path / "first.log", *args)
+    try:
+        wait_until(lambda: get(f"{base}/readyz") == (200, "ok\n") or first.proc.poll() is not None,
+                   60, "the worker ready")
+        produce(bootstrap, f"{prefix}events", slow_events())  # preloaded: consume() returns full batches
+        wait_until(lambda: len(predicted_ids(bootstrap, prefix)) >= 200, 90, "200 predictions")
+        samples = scrape(base)
+        spans = value(samples, "worker_transaction_span_seconds_count")
+        # commit interval 100 ms: every transaction committed within 0.5 s of its first input
+        assert value(samples, "worker_transaction_span_seconds_bucket", le="0.5") == spans, samples
+        assert spans >= 10  # 200 predictions of ~5 ms each took many of them
+    finally:
+        assert first.stop() == 0, first.log()[-3000:]  # SIGTERM with messages left over
+    assert len(predicted_ids(bootstrap, prefix)) < EVENTS, "stopped too late to leave messages over"
+
+    second = WorkerProcess(bootstrap, prefix, tmp_path / "second.log", *args)
+    try:
+        ids = wait_until(lambda: len(got := predicted_ids(bootstrap, prefix)) >= EVENTS and got,
+                         120, f"{EVENTS} predictions")
+    finally:
+        assert second.stop() == 0, second.log()[-3000:]
+    counts = Counter(ids)
+    assert set(counts) == {f"e{i}" for i in range(EVENTS)}
+    assert all(c == 1 for c in counts.values()), {i: c for i, c in counts.items() if c != 1}
