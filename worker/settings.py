@@ -188,9 +188,8 @@ class KafkaSettings:
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
-            # A bounded prefetch queue: the one-partition control topic is read together with
-            # the event partitions, so a command waits behind at most this much backlog
-            # (1 MB halved throughput: the loop sat waiting for fetches).
+            # A bounded prefetch queue keeps the memory flat (1 MB halved throughput: the
+            # loop sat waiting for fetches). Control has a consumer of its own.
             "queued.max.messages.kbytes": 4096,
         }
         return config | dict(self.extra)

@@ -95,6 +95,11 @@ def json_values(messages: list) -> list[dict]:
     return [orjson.loads(m.value()) for m in messages]
 
 
+def predicted_ids(bootstrap: str, prefix: str) -> list[str]:
+    """The ids of the committed predictions, in topic order."""
+    return [p["id"] for p in json_values(read_all(bootstrap, prefix + "predictions"))]
+
+
 class WorkerProcess:
     """`python -m worker run …` in its own process group, its log in a file."""
 

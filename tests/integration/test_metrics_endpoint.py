@@ -10,7 +10,15 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import SECRET, WorkerProcess, create_all_topics, event, produce, wait_until
+from tests.integration.harness import (
+    SECRET,
+    WorkerProcess,
+    create_all_topics,
+    event,
+    predicted_ids,
+    produce,
+    wait_until,
+)
 
 
 def free_port() -> int:
@@ -117,6 +125,8 @@ def test_input_replayed_after_a_crash_is_not_counted_again(bootstrap, unique, tm
         produce(bootstrap, f"{prefix}events", (event(i) for i in range(300)))
         wait_until(lambda: value(scrape(base), "worker_events_total", served_by="champion") == 300,
                    60, "300 events counted")
+        # committed (not only handled) before the kill: the restart replays them all
+        wait_until(lambda: len(predicted_ids(bootstrap, prefix)) == 300, 60, "300 predictions committed")
     finally:
         first.kill()
     second = WorkerProcess(bootstrap, prefix, tmp_path / "second.log", *args)

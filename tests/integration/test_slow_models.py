@@ -7,17 +7,24 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from tests.integration.harness import WorkerProcess, create_all_topics, event, produce, wait_until
+from tests.integration.harness import (
+    WorkerProcess,
+    create_all_topics,
+    event,
+    predicted_ids,
+    produce,
+    wait_until,
+)
 from tests.integration.test_metrics_endpoint import free_port, get, scrape, value
-from tests.integration.test_worker_io import predicted_ids
+from tests.integration.test_worker_io import control
 
 SLOW = "forest.ARFClassifier(n_models=20, seed=1)"  # ~5 ms per event with 20 features
 EVENTS = 600
 
 
-def slow_events():
+def slow_events(n: int = EVENTS):
     rng = random.Random(3)
-    for i in range(EVENTS):
+    for i in range(n):
         x = {f"f{j}": rng.random() for j in range(20)}
         yield event(i, label=x["f0"] + x["f1"] > 1.0, **x)
 
@@ -52,3 +59,22 @@ def test_slow_model_keeps_transactions_short_and_loses_nothing(bootstrap, unique
     counts = Counter(ids)
     assert set(counts) == {f"e{i}" for i in range(EVENTS)}
     assert all(c == 1 for c in counts.values()), {i: c for i, c in counts.items() if c != 1}
+
+
+def test_a_command_is_answered_at_once_behind_a_long_backlog(bootstrap, unique, tmp_path):
+    """Control has its own consumer: a command does not wait behind the events already
+    fetched (here all 2,000, ~10 s of work for this model)."""
+    prefix = unique("backlog") + "."
+    create_all_topics(bootstrap, prefix, partitions=2)
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", "--champion", SLOW,
+                           "--warmup-labels", "50")
+    try:
+        worker.wait_ready()
+        produce(bootstrap, f"{prefix}events", slow_events(2000))
+        wait_until(lambda: len(predicted_ids(bootstrap, prefix)) >= 100, 90, "100 predictions")
+        code, lines, stderr = control(bootstrap, prefix, "status", wait_s=4)
+        assert code == 0, (lines, stderr)
+        assert lines[0]["type"] == "status_report"
+        assert lines[0]["detail"]["counts"]["events"] < 1800  # answered with most of the backlog left
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]

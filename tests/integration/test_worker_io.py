@@ -27,6 +27,7 @@ from tests.integration.harness import (
     create_all_topics,
     event,
     json_values,
+    predicted_ids,
     produce,
     read_all,
     wait_until,
@@ -98,10 +99,6 @@ def produce_tracked(
     assert producer.flush(60) == 0
     assert len(positions) == len(records)
     return [positions[i] for i in range(len(records))]
-
-
-def predicted_ids(bootstrap: str, prefix: str) -> list[str]:
-    return [p["id"] for p in json_values(read_all(bootstrap, prefix + "predictions"))]
 
 
 def wait_predicted(bootstrap: str, prefix: str, count: int, timeout_s: float = 60) -> list[str]:

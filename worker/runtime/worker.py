@@ -90,7 +90,8 @@ class Worker:
         self._leftover: list[Any] = []  # consumed, not yet handled: the next transaction's
         self._span_began: float | None = None  # first message handled in this transaction
         self._last_consume_error = 0.0
-        self._consumer = None
+        self._consumer = None  # events and labels
+        self._control_consumer = None  # control alone, so that a command never waits behind them
         self._producer = None
         self._handler: Handler | None = None
         self.instance = uuid.uuid4().hex
@@ -102,8 +103,9 @@ class Worker:
         """Run until SIGTERM/SIGINT (finish the batch, commit, exit) or a fatal error."""
         self._check_topics()
         self._install_signals()
-        self._consumer = kafka.consumer({**self.settings.kafka.consumer_config(),
-                                         "error_cb": self._on_client_error})
+        config = {**self.settings.kafka.consumer_config(), "error_cb": self._on_client_error}
+        self._consumer = kafka.consumer(config)
+        self._control_consumer = kafka.consumer(config)  # the same group: one set of offsets
         self._start()
         try:
             while not self.stopping:
@@ -142,7 +144,8 @@ class Worker:
         self.ready = True
         self._fresh = False
         log.info("ready: champion v%d, challenger v%s, reading %d partitions", self.engine.champion,
-                 self.engine.challenger, len(self._consumer.assignment()))
+                 self.engine.challenger,
+                 len(self._consumer.assignment()) + len(self._control_consumer.assignment()))
 
     def _close(self) -> None:
         self.ready = False
@@ -151,8 +154,9 @@ class Worker:
                 self._producer.flush(10)
         except KafkaException as e:  # a fenced producer cannot flush; nothing is lost by it
             log.debug("producer flush on close: %s", e.args[0].str())
-        if self._consumer is not None:
-            self._consumer.close()
+        for consumer in (self._consumer, self._control_consumer):
+            if consumer is not None:
+                consumer.close()
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: Any) -> None:
@@ -185,6 +189,7 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            self._handle_control()
             if self._leftover:
                 messages, self._leftover = self._leftover, []
             else:
@@ -212,6 +217,18 @@ class Worker:
         self._report_status_when_due()
         self._commit()
 
+    def _handle_control(self) -> None:
+        """Commands first: control has its own consumer, so an operator's command is
+        handled within a commit interval, however long the events' backlog."""
+        for msg in self._control_consumer.consume(num_messages=100, timeout=0):
+            if msg.error():
+                self._on_consume_error(msg.error())
+                continue
+            if self._span_began is None:
+                self._span_began = time.monotonic()
+            self._handler.handle(msg, emit=True)
+            self._record(msg)
+
     def _report_status_when_due(self) -> None:
         """The periodic ``status_report`` (ARCHITECTURE.md §2), written with this interval's
         outputs. Not part of the engine's state: a recovery does not repeat it."""
@@ -226,7 +243,8 @@ class Worker:
         except where messages are left for the next transaction (see _step): there, the
         first of them."""
         positions = {(tp.topic, tp.partition): tp.offset
-                     for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0}
+                     for consumer in (self._consumer, self._control_consumer)
+                     for tp in consumer.position(consumer.assignment()) if tp.offset >= 0}
         first_left: dict[tuple[str, int], int] = {}
         for msg in self._leftover:
             if not msg.error():
@@ -358,12 +376,13 @@ class Worker:
     def _assign(self, offsets: dict[tuple[str, int], int]) -> None:
         """Inputs resume where the committed state ends; with no state, events and labels
         start at the beginning and control at its end (ARCHITECTURE.md §2)."""
-        assignment = []
+        inputs, control = [], []
         for tp in self._all_partitions():
-            default = OFFSET_END if tp.topic == self.topics.control else OFFSET_BEGINNING
-            offset = offsets.get((tp.topic, tp.partition), default)
-            assignment.append(TopicPartition(tp.topic, tp.partition, offset))
-        self._consumer.assign(assignment)
+            is_control = tp.topic == self.topics.control
+            offset = offsets.get((tp.topic, tp.partition), OFFSET_END if is_control else OFFSET_BEGINNING)
+            (control if is_control else inputs).append(TopicPartition(tp.topic, tp.partition, offset))
+        self._consumer.assign(inputs)
+        self._control_consumer.assign(control)
 
     def _on_delivery(self, error: KafkaError | None, _msg: Any) -> None:
         if error is not None:
