@@ -100,7 +100,7 @@ class Worker:
     # --- lifecycle -----------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run until SIGTERM/SIGINT (finish the batch, commit, exit) or a fatal error."""
+        """Run until SIGTERM/SIGINT (finish the interval, commit, exit) or a fatal error."""
         self._check_topics()
         self._install_signals()
         config = {**self.settings.kafka.consumer_config(), "error_cb": self._on_client_error}
