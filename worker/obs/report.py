@@ -8,10 +8,9 @@ Sources, normalised into one :class:`ReportData`:
 - the ``control`` topic of a deployment (:func:`read_control`, then
   :func:`load_control`): the lifecycle events the worker wrote, in log order. The
   metrics over time come from the ``status_report`` events on the topic — the worker
-  writes one in answer to every ``status`` command (``worker control status``, the
-  demo's polling, a cron job, or this command's own ``--ask-status``). It does not
-  write them on its own, so a deployment nobody asked for its status has a timeline of
-  one point: the one the report asks for.
+  writes one every ``status_interval_s`` (60 s by default) and one in answer to every
+  ``status`` command (``worker control status``, the demo's polling, or this command's
+  own ``--ask-status``).
 
 The page needs no network: the charts are inline SVG drawn here, there is no script
 to run (the data is embedded as JSON for other tools, in a non-executed
@@ -156,7 +155,7 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
                           "running? `worker control status` writes one).")
     elif len(data.points) < 3:
         data.notes.append("Few status reports on the control topic, so few points over time: the worker "
-                          "writes one per `status` command (e.g. `worker control status` every minute).")
+                          "writes one every `status_interval_s` (60 s) and one per `status` command.")
     _blank_unscored(data)
     return data
 
