@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from worker.core.config import EngineConfig
 from worker.core.engine import Engine
@@ -375,12 +375,22 @@ class Worker:
 
     def _assign(self, offsets: dict[tuple[str, int], int]) -> None:
         """Inputs resume where the committed state ends; with no state, events and labels
-        start at the beginning and control at its end (ARCHITECTURE.md §2)."""
+        start at the beginning and control at its end (ARCHITECTURE.md §2).
+
+        Control's end is looked up now, not left to the consumer as OFFSET_END: that is
+        resolved whenever the consumer gets to it, and a command sent in between (right
+        after the worker said it was ready, on a busy machine) would be skipped."""
         inputs, control = [], []
         for tp in self._all_partitions():
-            is_control = tp.topic == self.topics.control
-            offset = offsets.get((tp.topic, tp.partition), OFFSET_END if is_control else OFFSET_BEGINNING)
-            (control if is_control else inputs).append(TopicPartition(tp.topic, tp.partition, offset))
+            offset = offsets.get((tp.topic, tp.partition))
+            if tp.topic == self.topics.control:
+                if offset is None:
+                    _, offset = self._consumer.get_watermark_offsets(tp, timeout=TXN_CALL_TIMEOUT_S,
+                                                                     cached=False)
+                control.append(TopicPartition(tp.topic, tp.partition, offset))
+            else:
+                inputs.append(TopicPartition(tp.topic, tp.partition,
+                                             OFFSET_BEGINNING if offset is None else offset))
         self._consumer.assign(inputs)
         self._control_consumer.assign(control)
 
