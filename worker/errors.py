@@ -25,6 +25,11 @@ class BadInputError(WorkerError):
     """An input message that cannot be processed; it goes to the dead-letter topic."""
 
 
+class RefusedInputError(BadInputError):
+    """An input the engine itself refused (a model raised on it, its id is pending); the
+    engine has counted it. Any other `BadInputError` is input the edge could not decode."""
+
+
 class CommandRejected(WorkerError):
     """A control command that is invalid or stale; answered with `command_rejected`."""
 

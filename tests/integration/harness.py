@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,6 +94,13 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list:
 
 def json_values(messages: list) -> list[dict]:
     return [orjson.loads(m.value()) for m in messages]
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def predicted_ids(bootstrap: str, prefix: str) -> list[str]:

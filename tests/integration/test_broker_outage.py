@@ -6,7 +6,6 @@ disturbs no other test.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -17,17 +16,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import KAFKA_LOCAL
-from tests.integration.harness import WorkerProcess, create_all_topics, json_values, read_all, wait_until
+from tests.integration.harness import WorkerProcess, create_all_topics, free_port, predicted_ids, wait_until
 from tests.integration.test_worker_exactly_once import drifting_event, steady_producer
 
 PORT = 29_092  # below the ephemeral port range (32768+), so no outgoing connection holds it
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def readyz(port: int) -> int:
@@ -65,7 +58,7 @@ def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
                              rate_per_s=2000)
 
     def served() -> int:
-        return len(read_all(bootstrap, prefix + "predictions"))
+        return len(predicted_ids(bootstrap, prefix))
 
     wait_until(lambda: served() > 3000, 60, "predictions before the outage")
     kafka_local("stop")
@@ -76,7 +69,7 @@ def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
     sender.join(180)
     try:
         wait_until(lambda: served() >= total, 180, f"{total} predictions after the restart", interval_s=1)
-        ids = Counter(p["id"] for p in json_values(read_all(bootstrap, prefix + "predictions")))
+        ids = Counter(predicted_ids(bootstrap, prefix))
         assert len(ids) == total and max(ids.values()) == 1, "nothing lost, nothing duplicated"
         wait_until(lambda: readyz(port) == 200, 60, "/readyz to be ready again")
     finally:

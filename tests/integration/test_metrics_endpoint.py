@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -15,16 +14,11 @@ from tests.integration.harness import (
     WorkerProcess,
     create_all_topics,
     event,
+    free_port,
     predicted_ids,
     produce,
     wait_until,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, str] | None:

@@ -11,11 +11,12 @@ from tests.integration.harness import (
     WorkerProcess,
     create_all_topics,
     event,
+    free_port,
     predicted_ids,
     produce,
     wait_until,
 )
-from tests.integration.test_metrics_endpoint import free_port, get, scrape, value
+from tests.integration.test_metrics_endpoint import get, scrape, value
 from tests.integration.test_worker_io import control
 
 SLOW = "forest.ARFClassifier(n_models=20, seed=1)"  # ~5 ms per event with 20 features

@@ -9,9 +9,8 @@ import pytest
 from tests.integration.harness import (
     WorkerProcess,
     create_all_topics,
-    json_values,
+    predicted_ids,
     produce,
-    read_all,
     wait_until,
 )
 from tests.integration.test_worker_exactly_once import drifting_event, status
@@ -28,7 +27,7 @@ def test_kill_9_loses_nothing_and_the_state_matches_the_offsets(bootstrap, uniqu
     produce(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(12_000)))
 
     def ids() -> Counter:
-        return Counter(p["id"] for p in json_values(read_all(bootstrap, prefix + "predictions")))
+        return Counter(predicted_ids(bootstrap, prefix))
 
     wait_until(lambda: sum(ids().values()) > 5000, 60, "predictions before the kill")
     worker.kill()

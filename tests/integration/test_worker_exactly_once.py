@@ -17,6 +17,7 @@ from tests.integration.harness import (
     WorkerProcess,
     create_all_topics,
     json_values,
+    predicted_ids,
     produce,
     read_all,
     wait_until,
@@ -34,12 +35,12 @@ def drifting_event(i: int, switch_at: int) -> tuple[bytes, bytes]:
     return f"user-{i % 97}".encode(), orjson.dumps(body)
 
 
-def predicted_ids(bootstrap: str, prefix: str) -> Counter:
-    return Counter(p["id"] for p in json_values(read_all(bootstrap, prefix + "predictions")))
+def predicted_counts(bootstrap: str, prefix: str) -> Counter:
+    return Counter(predicted_ids(bootstrap, prefix))
 
 
 def wait_for_predictions(bootstrap: str, prefix: str, n: int, timeout_s: float = 120) -> Counter:
-    return wait_until(lambda: (c := predicted_ids(bootstrap, prefix)) and sum(c.values()) >= n and c,
+    return wait_until(lambda: (c := predicted_counts(bootstrap, prefix)) and sum(c.values()) >= n and c,
                       timeout_s, f"{n} predictions", interval_s=1.0)
 
 
@@ -114,7 +115,7 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(bootstrap, unique, tmp_
     sender = steady_producer(bootstrap, prefix + "events", (drifting_event(i, 25_000) for i in range(50_000)),
                              rate_per_s=4000)
     for moment in sorted(random.Random(7).sample(range(5_000, 45_000), 3)):  # while events flow
-        wait_until(lambda t=moment: sum(predicted_ids(bootstrap, prefix).values()) > t,
+        wait_until(lambda t=moment: len(predicted_ids(bootstrap, prefix)) > t,
                    90, "predictions to progress", interval_s=0.3)
         worker.kill()
         worker = WorkerProcess(bootstrap, prefix, log)
@@ -142,7 +143,7 @@ def test_one_partition_crashes_end_where_an_uninterrupted_run_ends(bootstrap, un
         worker.wait_ready()
         produce(bootstrap, prefix + "events", events)
         for k in range(kills):
-            wait_until(lambda k=k, p=prefix: sum(predicted_ids(bootstrap, p).values()) > 4000 * (k + 1), 90,
+            wait_until(lambda k=k, p=prefix: len(predicted_ids(bootstrap, p)) > 4000 * (k + 1), 90,
                        "progress before the kill", interval_s=0.3)
             worker.kill()
             worker = WorkerProcess(bootstrap, prefix, tmp_path / f"worker{kills}.log")
@@ -165,7 +166,7 @@ def test_a_second_instance_takes_over_and_fences_the_first(bootstrap, unique, tm
     old.wait_ready()
     sender = steady_producer(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(30_000)),
                              rate_per_s=3000)
-    wait_until(lambda: sum(predicted_ids(bootstrap, prefix).values()) > 5000, 60, "the old worker to serve")
+    wait_until(lambda: len(predicted_ids(bootstrap, prefix)) > 5000, 60, "the old worker to serve")
     new = WorkerProcess(bootstrap, prefix, tmp_path / "new.log")
     try:
         new.wait_ready()

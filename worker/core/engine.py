@@ -53,7 +53,7 @@ from worker.core.policy import Verdict, decide_promotion, decide_rollback, shoul
 from worker.core.registry import ModelVersion, Registry
 from worker.core.split import serves_challenger
 from worker.core.types import COMMAND_TYPES, Command, Event, Label, LifecycleEvent, Prediction
-from worker.errors import BadInputError, CommandRejected, DuplicateIdError, SnapshotError
+from worker.errors import CommandRejected, DuplicateIdError, RefusedInputError, SnapshotError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Engine:
 
     def process(self, event: Event) -> Prediction:
         """Score one event; learn from it when its label is known. Raises
-        :class:`BadInputError` (counted) when a model raises on it or its id is pending."""
+        :class:`~worker.errors.RefusedInputError` (counted) when a model raises on it or its id is pending."""
         x = event.features
         champ, chal, prev = self._champ, self._chal, self._prev
         # (version, prediction, proba) per model, as plain tuples (see the top); the
@@ -258,10 +258,10 @@ class Engine:
         if evicted:
             self.observer.pending_evicted(kind, len(evicted))
 
-    def _bad(self, reason: str) -> BadInputError:
+    def _bad(self, reason: str) -> RefusedInputError:
         self.counts["bad"] += 1
         self.observer.bad_input(reason)
-        return BadInputError(reason)
+        return RefusedInputError(reason)
 
     # --- drift and policy ----------------------------------------------------------------
 

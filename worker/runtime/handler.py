@@ -15,7 +15,7 @@ from confluent_kafka import Message, Producer
 
 from worker.core.engine import Engine
 from worker.core.types import Command
-from worker.errors import BadInputError
+from worker.errors import BadInputError, RefusedInputError
 from worker.io.codec import (
     Limits,
     decode_command,
@@ -51,37 +51,25 @@ class Handler:
         position = (topic, msg.partition(), msg.offset())
         try:
             if topic == self.topics.events:
-                try:
-                    event = decode_event(msg.value(), msg.key(), position, self.limits)
-                except BadInputError:
-                    self.engine.count_undecodable()
-                    raise
-                prediction = self.engine.process(event)  # counts what it refuses itself
+                prediction = self.engine.process(decode_event(msg.value(), msg.key(), position, self.limits))
                 if emit:
                     key = prediction.key if prediction.key is not None else prediction.id
                     self.producer.produce(self.topics.predictions, value=encode_prediction(prediction),
                                           key=key.encode())
             elif topic == self.topics.labels:
-                try:
-                    label = decode_label(msg.value(), position, self.limits)
-                except BadInputError:
-                    self.engine.count_undecodable()
-                    raise
-                self.engine.process_label(label)
+                self.engine.process_label(decode_label(msg.value(), position, self.limits))
             else:
                 self._control(msg)
         except BadInputError as e:
+            if not isinstance(e, RefusedInputError):  # the engine counts what it refuses itself
+                self.engine.count_undecodable()
             if emit:
                 self._dead_letter(msg, str(e))
         if self.engine.has_lifecycle:  # every decision comes with its lifecycle events
             self.flush(emit)
 
     def _control(self, msg: Message) -> None:
-        try:
-            decoded, raw = decode_command(msg.value(), self.limits)
-        except BadInputError:
-            self.engine.count_undecodable()
-            raise
+        decoded, raw = decode_command(msg.value(), self.limits)
         if not isinstance(decoded, Command):
             return  # a lifecycle event: ours or another worker's answer
         if self.require_signed and not verify_command(raw, self.secret):

@@ -189,7 +189,9 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            self._handle_control()
+            # commands first: control has a consumer of its own, so an operator's command
+            # is handled within a commit interval, however long the events' backlog
+            self._handle(self._control_consumer.consume(num_messages=100, timeout=0))
             if self._leftover:
                 messages, self._leftover = self._leftover, []
             else:
@@ -200,34 +202,28 @@ class Worker:
             began = time.monotonic()
             if messages:
                 self.broker_unreachable = False
-                if self._span_began is None:
-                    self._span_began = began
-            handled = 0
-            for msg in messages:
-                if handled and time.monotonic() >= deadline:
-                    self._leftover = messages[handled:]
-                    break
-                handled += 1
-                if msg.error():
-                    self._on_consume_error(msg.error())
-                    continue
-                self._handler.handle(msg, emit=True)
-                self._record(msg)
+            handled = self._handle(messages, deadline)
             self.observer.observe_batch(time.monotonic() - began, handled)  # also when idle
         self._report_status_when_due()
         self._commit()
 
-    def _handle_control(self) -> None:
-        """Commands first: control has its own consumer, so an operator's command is
-        handled within a commit interval, however long the events' backlog."""
-        for msg in self._control_consumer.consume(num_messages=100, timeout=0):
+    def _handle(self, messages: list[Any], deadline: float | None = None) -> int:
+        """Handle ``messages`` in order; past ``deadline`` (after at least one) keep the
+        rest for the next transaction. Returns how many were taken."""
+        if messages and self._span_began is None:
+            self._span_began = time.monotonic()
+        handled = 0
+        for msg in messages:
+            if deadline is not None and handled and time.monotonic() >= deadline:
+                self._leftover = messages[handled:]
+                break
+            handled += 1
             if msg.error():
                 self._on_consume_error(msg.error())
                 continue
-            if self._span_began is None:
-                self._span_began = time.monotonic()
             self._handler.handle(msg, emit=True)
             self._record(msg)
+        return handled
 
     def _report_status_when_due(self) -> None:
         """The periodic ``status_report`` (ARCHITECTURE.md §2), written with this interval's
