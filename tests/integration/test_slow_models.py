@@ -49,7 +49,7 @@ def test_slow_model_keeps_transactions_short_and_loses_nothing(bootstrap, unique
         spans = value(samples, "worker_transaction_span_seconds_count")
         # commit interval 100 ms: every transaction committed within 0.5 s of its first input
         assert value(samples, "worker_transaction_span_seconds_bucket", le="0.5") == spans, samples
-        assert spans >= 10  # 200 predictions of ~5 ms each took many of them
+        assert spans >= 2  # not one batch-long transaction (how many depends on the machine)
     finally:
         assert first.stop() == 0, first.log()[-3000:]  # SIGTERM with messages left over
     assert len(predicted_ids(bootstrap, prefix)) < EVENTS, "stopped too late to leave messages over"
