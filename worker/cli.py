@@ -360,6 +360,68 @@ def topics_create(
         click.echo(f"{status:<8} {name}")
 
 
+# ---------------------------------------------------------------------------- worker models
+
+
+def models_options(command):
+    options = [
+        click.option("--bootstrap", envvar="WORKER_BOOTSTRAP", default="127.0.0.1:9092", show_default=True),
+        click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default=""),
+        click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
+                     metavar="KEY=VALUE"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...]):
+    from worker.io import kafka
+    from worker.io.models import read_catalog
+    from worker.io.topics import missing_topics
+    from worker.settings import KafkaSettings, parse_kafka_config
+
+    settings = KafkaSettings(bootstrap=bootstrap, group="worker-models-cli", topic_prefix=topic_prefix,
+                             extra=parse_kafka_config(kafka_config))
+    topic = settings.topics.models
+    if missing_topics(settings.admin_config(), [topic]):
+        raise ConfigError(f"missing topic: {topic} (create it with `worker topics create`)")
+    reader = kafka.reader({**settings.admin_config(), "group.id": "worker-models-cli"})
+    try:
+        return read_catalog(reader, topic)
+    finally:
+        reader.close()
+
+
+@cli.group("models")
+def models_group() -> None:
+    """Read the champions the worker published on the models topic."""
+
+
+@models_group.command("list")
+@models_options
+def models_list(bootstrap, topic_prefix, kafka_config) -> None:
+    """Print every published version's lineage, one JSON object per line."""
+    for manifest in _read_models(bootstrap, topic_prefix, kafka_config).manifests():
+        click.echo(json.dumps(manifest))
+
+
+@models_group.command("export")
+@models_options
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--secret", envvar="WORKER_SECRET", required=True,
+              help="The worker's secret: the model's signature is checked before it is unpickled.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Write the river model here as a plain pickle (`pickle.load` gives it back).")
+def models_export(bootstrap, topic_prefix, kafka_config, version: int, secret: str, out: Path) -> None:
+    """Write VERSION's river model to a pickle file; exit 1 if it is not published."""
+    import pickle
+
+    model = _read_models(bootstrap, topic_prefix, kafka_config).load(version, secret.encode())
+    out.write_bytes(pickle.dumps(model, protocol=5))
+    click.echo(json.dumps({"version": version, "model": repr(model), "out": str(out)}))
+
+
 # --------------------------------------------------------------------------- worker simulate
 # Self-contained: the stream is built by worker.io.simulate (pure), then produced to Kafka.
 

@@ -523,6 +523,12 @@ class Engine:
     def previous(self) -> int | None:
         return self._prev.version if self._prev else None
 
+    @property
+    def warmed_up(self) -> bool:
+        """Whether version 1's warm-up is over (from then on the champion is frozen,
+        unless ``champion_learns``)."""
+        return self._warm
+
     def status(self) -> dict[str, Any]:
         """Versions, roles, metrics of the active models, the tests: for `status_report`,
         `worker control status` and the metrics exporter."""

@@ -27,6 +27,7 @@ from worker.io.codec import (
     encode_prediction,
     verify_command,
 )
+from worker.io.models import model_messages
 from worker.settings import TopicNames
 
 log = logging.getLogger("worker.run")
@@ -36,15 +37,17 @@ class Handler:
     """Routes messages by topic; writes predictions, dead letters and control messages."""
 
     def __init__(self, engine: Engine, producer: Producer | None, topics: TopicNames, *, limits: Limits,
-                 secret: bytes, require_signed_commands: bool) -> None:
+                 secret: bytes, require_signed_commands: bool, chunk_bytes: int = 1_000_000) -> None:
         self.engine = engine
         self.producer = producer
         self.topics = topics
         self.limits = limits
         self.secret = secret
         self.require_signed = require_signed_commands
+        self.chunk_bytes = chunk_bytes
         self.dead_letters = 0
         self._last_bad_log = 0.0
+        self._published: set[int] = set()  # versions this instance wrote to `models`
 
     def handle(self, msg: Message, emit: bool) -> None:
         topic = msg.topic()
@@ -92,6 +95,23 @@ class Handler:
             log.info("%s", event.type, extra={"context": {"command_id": event.command_id,
                                                           "champion": event.champion,
                                                           "challenger": event.challenger}})
+        self.publish_champion()
+
+    def publish_champion(self) -> None:
+        """Write the champion to `models` (:mod:`worker.io.models`) unless this instance
+        already did; not during the warm-up (version 1 is still learning then). Called
+        whenever lifecycle events are written, so no champion is missed: a message
+        changes the champion at most once. A restarted instance publishes the current
+        champion again (the same keys: compaction keeps one)."""
+        engine = self.engine
+        version = engine.champion
+        if version in self._published or not engine.warmed_up:
+            return
+        mv = engine.registry[version]
+        for key, value in model_messages(mv, self.secret, chunk_bytes=self.chunk_bytes,
+                                         published_labelled=engine.counts["labelled"]):
+            self.producer.produce(self.topics.models, key=key, value=value)
+        self._published.add(version)
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         position = (msg.topic(), msg.partition(), msg.offset())

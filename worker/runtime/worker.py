@@ -140,6 +140,10 @@ class Worker:
         self._assign(offsets)
         if self.exactly_once:
             self._producer.begin_transaction()
+        # the current champion once more: its first publication may predate models on
+        # the topic (an older release) or the topic's retention; the same keys replace it
+        self._handler.publish_champion()
+        if self.exactly_once:
             self._commit(force_snapshot=True)  # a fresh baseline: recovery never replays twice
         self.ready = True
         self._fresh = False
@@ -363,7 +367,8 @@ class Worker:
             log.info("new engine%s", " (--fresh: stored state ignored)" if self._fresh else "")
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
                                 secret=self.settings.secret,
-                                require_signed_commands=self.settings.require_signed_commands)
+                                require_signed_commands=self.settings.require_signed_commands,
+                                chunk_bytes=self.settings.chunk_bytes)
 
     def _all_partitions(self) -> list[TopicPartition]:
         inputs = (self.topics.events, self.topics.labels, self.topics.control)

@@ -1,0 +1,120 @@
+"""Champions on the `models` topic (ARCHITECTURE.md §2), against a real broker: the
+worker publishes version 1 when its warm-up ends and every promoted version, and
+`worker models list` / `worker models export` read them back."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import orjson
+
+from tests.integration.harness import (
+    SECRET,
+    create_all_topics,
+    event,
+    json_values,
+    produce,
+    read_all,
+    wait_until,
+)
+from tests.integration.test_worker_io import control, running
+
+
+def models_cli(bootstrap: str, prefix: str, *args: str) -> tuple[int, str, str]:
+    """`worker models …`: (exit code, stdout, stderr)."""
+    out = subprocess.run([sys.executable, "-m", "worker", "models", *args, "--bootstrap", bootstrap,
+                          "--topic-prefix", prefix], capture_output=True, text=True, timeout=90)
+    return out.returncode, out.stdout, out.stderr
+
+
+def published(bootstrap: str, prefix: str) -> list[dict]:
+    code, stdout, stderr = models_cli(bootstrap, prefix, "list")
+    assert code == 0, stderr
+    return [orjson.loads(line) for line in stdout.splitlines()]
+
+
+def versions(bootstrap: str, prefix: str) -> list[int]:
+    return [m["version"] for m in published(bootstrap, prefix)]
+
+
+def test_champions_are_published_and_an_export_serves_exactly_like_the_worker(bootstrap, unique, tmp_path):
+    prefix = unique("models") + "."
+    create_all_topics(bootstrap, prefix, 2)
+    with running(bootstrap, prefix, tmp_path / "worker.log", "--policy", "manual",
+                 "--warmup-labels", "100"):
+        assert versions(bootstrap, prefix) == [], "nothing before the warm-up ends"
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
+        wait_until(lambda: versions(bootstrap, prefix) == [1], 60, "v1 published when its warm-up ended")
+        code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
+        assert code == 0, (lines, stderr)
+        wait_until(lambda: versions(bootstrap, prefix) == [1, 2], 60, "v2 published when promoted")
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300, 400)])
+        wait_until(lambda: sum(p["model_version"] == 2 for p in
+                               json_values(read_all(bootstrap, prefix + "predictions"))) == 100,
+                   60, "100 predictions served by v2")
+
+    v1, v2 = published(bootstrap, prefix)
+    assert v1["reason"] == "initial champion" and v1["parent"] is None
+    assert v1["published_labelled"] == 100, v1  # frozen right after its 100 warm-up labels
+    assert v2["parent"] == 1 and v2["reason"].startswith("copy"), v2
+    assert v2["chunks"] >= 1 and v2["bytes"] > 0
+
+    # the exported v2 scores every event exactly as the worker served it
+    out = tmp_path / "v2.pkl"
+    code, stdout, stderr = models_cli(bootstrap, prefix, "export", "2", "--secret", SECRET, "--out", str(out))
+    assert code == 0, stderr
+    assert orjson.loads(stdout)["version"] == 2
+    model = pickle.loads(out.read_bytes())
+    features = {f"e{i}": orjson.loads(event(i)[1])["features"] for i in range(300, 400)}
+    served = [p for p in json_values(read_all(bootstrap, prefix + "predictions")) if p["model_version"] == 2]
+    assert {p["id"] for p in served} == set(features)
+    for p in served:
+        proba = model.predict_proba_one(features[p["id"]])
+        assert proba == {False: p["proba"]["false"], True: p["proba"]["true"]}, (p, proba)
+
+    # a restart publishes the champion again under the same keys: still one entry per version
+    with running(bootstrap, prefix, tmp_path / "restarted.log", "--policy", "manual"):
+        pass
+    assert versions(bootstrap, prefix) == [1, 2]
+
+
+def test_export_refuses_an_unpublished_version_and_another_secret(bootstrap, unique, tmp_path):
+    prefix = unique("models-bad") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    with running(bootstrap, prefix, tmp_path / "worker.log", "--warmup-labels", "50"):
+        produce(bootstrap, prefix + "events", [event(i) for i in range(60)])
+        wait_until(lambda: versions(bootstrap, prefix) == [1], 60, "v1 published")
+    out = tmp_path / "model.pkl"
+    code, _, stderr = models_cli(bootstrap, prefix, "export", "9", "--secret", SECRET, "--out", str(out))
+    assert code == 1 and "version 9 is not on the models topic (published: 1)" in stderr, stderr
+    code, _, stderr = models_cli(bootstrap, prefix, "export", "1", "--secret", "wrong", "--out", str(out))
+    assert code == 1 and "signature mismatch" in stderr, stderr
+    assert not out.exists(), "nothing is written unless the model is genuine"
+    code, _, stderr = models_cli(bootstrap, unique("no-such") + ".", "list")
+    assert code == 2 and "missing topic" in stderr, stderr
+
+
+def test_the_models_topic_is_read_committed_only(bootstrap, unique):
+    """An aborted publication (a crash mid-transaction) is invisible to `worker models`."""
+    from confluent_kafka import Producer
+
+    from worker.core.registry import ModelVersion
+    from worker.io.models import model_messages
+
+    prefix = unique("models-txn") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": prefix + "txn"})
+    producer.init_transactions(30)
+    for version, commit in ((1, True), (2, False)):
+        mv = ModelVersion(version, "dummy.NoChangeClassifier", None, "test", 0, None, {"v": version})
+        producer.begin_transaction()
+        for key, value in model_messages(mv, SECRET.encode(), chunk_bytes=100, published_labelled=0):
+            producer.produce(prefix + "models", key=key, value=value)
+        producer.flush(30)
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.abort_transaction(30)
+    assert versions(bootstrap, prefix) == [1]

@@ -1,0 +1,91 @@
+"""The messages that publish a champion on the `models` topic, and reading them back
+(worker/io/models.py). The worker's use of them is in
+tests/integration/test_models_topic.py."""
+
+import pytest
+from river import linear_model, preprocessing
+
+from worker.core.config import EngineConfig
+from worker.core.engine import Engine
+from worker.core.registry import ModelVersion
+from worker.core.types import Event
+from worker.errors import SnapshotError
+from worker.io.models import Catalog, model_messages
+
+SECRET = b"models secret"
+
+
+def trained_version(version: int = 4) -> ModelVersion:
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    for i in range(200):
+        model.learn_one({"x": float(i % 7), "y": float(i % 3)}, i % 7 > 3)
+    return ModelVersion(version, "preprocessing.StandardScaler | linear_model.LogisticRegression",
+                        version - 1, "promoted", 1200, 1764160000.0, model, learned=700)
+
+
+def test_a_published_model_reads_back_identical_with_its_lineage():
+    mv = trained_version()
+    messages = model_messages(mv, SECRET, chunk_bytes=400, published_labelled=1500)
+    keys = [key for key, _ in messages]
+    assert len(messages) > 3, "a model bigger than a chunk is split"
+    assert keys[-1] == b"v4", "the manifest comes after its chunks"
+    assert keys[:-1] == [f"v4/{i}".encode() for i in range(len(messages) - 1)]
+    assert all(len(value) <= 400 for _, value in messages[:-1])
+
+    catalog = Catalog(messages)
+    [manifest] = catalog.manifests()
+    assert manifest == {"version": 4, "spec": mv.spec, "parent": 3, "reason": "promoted",
+                        "created_labelled": 1200, "created_ts": 1764160000.0, "learned": 700,
+                        "published_labelled": 1500, "chunks": len(messages) - 1,
+                        "bytes": manifest["bytes"]}
+    model = catalog.load(4, SECRET)
+    x = {"x": 2.5, "y": 1.0}
+    assert model is not mv.model and model.predict_proba_one(x) == mv.model.predict_proba_one(x)
+
+
+def test_versions_are_listed_in_order_and_a_republication_replaces_itself():
+    messages = [*model_messages(trained_version(5), SECRET, chunk_bytes=500, published_labelled=9),
+                *model_messages(trained_version(2), SECRET, chunk_bytes=500, published_labelled=3),
+                *model_messages(trained_version(5), SECRET, chunk_bytes=500, published_labelled=11)]
+    manifests = Catalog(messages).manifests()
+    assert [(m["version"], m["published_labelled"]) for m in manifests] == [(2, 3), (5, 11)]
+
+
+def test_an_unknown_version_names_the_published_ones():
+    catalog = Catalog(model_messages(trained_version(2), SECRET, chunk_bytes=500, published_labelled=0))
+    with pytest.raises(SnapshotError, match=r"version 7 is not on the models topic \(published: 2\)"):
+        catalog.load(7, SECRET)
+    with pytest.raises(SnapshotError, match=r"published: none"):
+        Catalog().load(1, SECRET)
+
+
+def test_a_missing_chunk_a_tampered_chunk_or_another_secret_is_refused():
+    messages = model_messages(trained_version(3), SECRET, chunk_bytes=500, published_labelled=0)
+    missing = Catalog(m for m in messages if m[0] != b"v3/1")
+    with pytest.raises(SnapshotError, match="missing chunks"):
+        missing.load(3, SECRET)
+
+    key, value = messages[-2]
+    tampered = Catalog([*messages[:-2], (key, value[:-1] + bytes([value[-1] ^ 1])), messages[-1]])
+    with pytest.raises(SnapshotError):
+        tampered.load(3, SECRET)
+
+    with pytest.raises(SnapshotError, match="signature mismatch"):
+        Catalog(messages).load(3, b"another secret")
+
+
+def test_a_deleted_version_is_gone_and_foreign_keys_are_ignored():
+    messages = model_messages(trained_version(3), SECRET, chunk_bytes=500, published_labelled=0)
+    catalog = Catalog([*messages, (b"v3", None), (None, b"no key"), (b"vnot-json", b"{")])
+    assert catalog.manifests() == []
+    with pytest.raises(SnapshotError, match="not on the models topic"):
+        catalog.load(3, SECRET)
+
+
+def test_the_engine_says_when_the_warm_up_is_over():
+    engine = Engine(EngineConfig(warmup_labels=3))
+    states = []
+    for i in range(4):
+        engine.process(Event(id=f"e{i}", features={"x": float(i)}, label=i % 2 == 0))
+        states.append(engine.warmed_up)
+    assert states == [False, False, True, True]

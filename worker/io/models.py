@@ -1,0 +1,99 @@
+"""The ``models`` topic: every champion, signed, by version (ARCHITECTURE.md §2).
+
+A version is published the first time it serves as a frozen champion — version 1 at the
+end of its warm-up, every other one when it is promoted — so the topic holds each model
+that was ever released, as it was when it started to serve (with
+``champion_learns = true``: as it was then; it keeps learning afterwards). It stays
+readable after the worker dropped the version from memory, for an audit, a notebook or
+a batch job (``worker models list`` / ``worker models export``).
+
+Messages (keys are UTF-8; the topic is compacted, so a version published again — after
+a restart — replaces itself):
+
+- ``v<version>/<i>``: chunk ``i`` of the signed model (:mod:`worker.core.state` inside
+  :mod:`worker.core.chunks`);
+- ``v<version>``: the manifest, JSON: its lineage, the number of chunks and bytes, and
+  when (labelled-event count) it was published. It is written after its chunks, in the
+  same transaction when the worker runs exactly once.
+
+>>> from worker.core.registry import ModelVersion
+>>> mv = ModelVersion(3, "linear_model.LogisticRegression", 2, "promoted", 700, None, {"w": 1.0})
+>>> messages = model_messages(mv, b"s3cret", chunk_bytes=64, published_labelled=900)
+>>> [key for key, _ in messages][-1], len(messages) > 2
+(b'v3', True)
+>>> catalog = Catalog()
+>>> for key, value in messages:
+...     catalog.add(key, value)
+>>> catalog.manifests()[0]["published_labelled"], catalog.load(3, b"s3cret")
+(900, {'w': 1.0})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from worker.core import state
+from worker.core.chunks import join_chunks, split_chunks
+from worker.core.registry import ModelVersion
+from worker.errors import SnapshotError
+
+
+def model_messages(mv: ModelVersion, secret: bytes, *, chunk_bytes: int,
+                   published_labelled: int) -> list[tuple[bytes, bytes]]:
+    """The (key, value) messages that publish ``mv``: its chunks, then its manifest."""
+    lineage = {k: v for k, v in mv.lineage().items() if k not in ("roles", "retained")}
+    blob = state.dump(mv.model, secret, meta={"version": mv.version, "spec": mv.spec})
+    chunks = split_chunks(blob, chunk_bytes)
+    prefix = f"v{mv.version}"
+    manifest = {**lineage, "published_labelled": published_labelled,
+                "chunks": len(chunks), "bytes": len(blob)}
+    return [*((f"{prefix}/{i}".encode(), chunk) for i, chunk in enumerate(chunks)),
+            (prefix.encode(), orjson.dumps(manifest))]
+
+
+class Catalog:
+    """What a read of the ``models`` topic found: the latest value of every key."""
+
+    def __init__(self, messages: Iterable[tuple[bytes | None, bytes | None]] = ()) -> None:
+        self._latest: dict[bytes, bytes | None] = {}
+        for key, value in messages:
+            self.add(key, value)
+
+    def add(self, key: bytes | None, value: bytes | None) -> None:
+        if key is not None:
+            self._latest[key] = value
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Every published version's manifest, by version."""
+        found = []
+        for key, value in self._latest.items():
+            if value is not None and b"/" not in key and key.startswith(b"v"):
+                try:
+                    found.append(orjson.loads(value))
+                except orjson.JSONDecodeError:
+                    continue  # not ours: the topic is shared with nobody, but be safe
+        return sorted(found, key=lambda m: m["version"])
+
+    def load(self, version: int, secret: bytes) -> Any:
+        """The model of ``version``; a missing, incomplete, tampered or foreign one
+        raises :class:`~worker.errors.SnapshotError` before anything is unpickled."""
+        manifest = self._latest.get(f"v{version}".encode())
+        if manifest is None:
+            known = ", ".join(str(m["version"]) for m in self.manifests()) or "none"
+            raise SnapshotError(f"version {version} is not on the models topic (published: {known})")
+        count = orjson.loads(manifest)["chunks"]
+        parts = [self._latest.get(f"v{version}/{i}".encode()) for i in range(count)]
+        if any(part is None for part in parts):
+            raise SnapshotError(f"version {version} on the models topic is missing chunks")
+        return state.load(join_chunks(parts), secret)
+
+
+def read_catalog(reader: Any, topic: str) -> Catalog:
+    """Read the whole ``models`` topic (``reader`` from :func:`worker.io.kafka.reader`,
+    which reads committed messages only: never half a transaction)."""
+    from worker.io.kafka import read_range
+
+    return Catalog((msg.key(), msg.value()) for msg in read_range(reader, topic, 0, 0))
