@@ -121,7 +121,8 @@ def _count_lines(path: Path) -> int:
 
 RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_ms", "snapshot_interval_s",
             "transaction_timeout_ms", "metrics_port", "secret", "require_signed_commands", "state_dir",
-            "max_batch", "fresh", "status_interval_s", "kafka"}
+            "max_batch", "fresh", "status_interval_s", "commit_interval_events", "snapshot_interval_events",
+            "kafka"}
 
 
 @cli.command("run")
@@ -132,8 +133,12 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
 @click.option("--guarantee", envvar="WORKER_GUARANTEE", type=click.Choice(["exactly_once", "at_least_once"]))
 @click.option("--commit-interval-ms", envvar="WORKER_COMMIT_INTERVAL_MS", type=click.IntRange(min=1),
               help="One transaction per interval [100].")
+@click.option("--commit-interval-events", envvar="WORKER_COMMIT_INTERVAL_EVENTS", type=click.IntRange(min=0),
+              help="Also commit after this many input messages; 0: by time only [0].")
 @click.option("--snapshot-interval-s", envvar="WORKER_SNAPSHOT_INTERVAL_S", type=click.FloatRange(min=0.01),
               help="A signed engine snapshot per interval [10].")
+@click.option("--snapshot-interval-events", envvar="WORKER_SNAPSHOT_INTERVAL_EVENTS",
+              type=click.IntRange(min=0), help="Also snapshot after this many events; 0: by time only [0].")
 @click.option("--status-interval-s", envvar="WORKER_STATUS_INTERVAL_S", type=click.FloatRange(min=0),
               help="A status_report on the control topic per interval; 0: only on request [60].")
 @click.option("--metrics-port", envvar="WORKER_METRICS_PORT", type=click.IntRange(0, 65535),
@@ -149,8 +154,9 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
               metavar="KEY=VALUE", help="librdkafka setting passed through (SASL, TLS …); repeatable.")
 @click.option("--log-level", envvar="WORKER_LOG_LEVEL", default="info", show_default=True)
 def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_interval_ms,
-                snapshot_interval_s, status_interval_s, metrics_port, secret, require_signed_commands, fresh,
-                state_dir, kafka_config, log_level, **engine_flags) -> None:
+                commit_interval_events, snapshot_interval_s, snapshot_interval_events, status_interval_s,
+                metrics_port, secret, require_signed_commands, fresh, state_dir, kafka_config, log_level,
+                **engine_flags) -> None:
     """Serve, evaluate, train and decide on Kafka: the main job."""
     from worker.obs import logs
     from worker.runtime.worker import Worker
@@ -159,6 +165,8 @@ def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_i
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     flags = {"bootstrap": bootstrap, "group": group, "topic_prefix": topic_prefix, "guarantee": guarantee,
              "commit_interval_ms": commit_interval_ms, "snapshot_interval_s": snapshot_interval_s,
+             "commit_interval_events": commit_interval_events,
+             "snapshot_interval_events": snapshot_interval_events,
              "status_interval_s": status_interval_s, "metrics_port": metrics_port, "secret": secret,
              "state_dir": state_dir, "fresh": fresh,
              "require_signed_commands": require_signed_commands}

@@ -274,3 +274,25 @@ def test_status_interval_must_be_seconds_or_zero(interval):
     assert RunSettings(kafka=kafka, secret=b"s", status_interval_s=0).status_interval_s == 0
     with pytest.raises(ConfigError, match="status_interval_s"):
         RunSettings(kafka=kafka, secret=b"s", status_interval_s=interval)
+
+
+@pytest.mark.parametrize("name", ["commit_interval_events", "snapshot_interval_events"])
+@pytest.mark.parametrize("value", [-1, 1.5, True, "100"])
+def test_event_intervals_must_be_counts_or_zero(name, value):
+    from worker.runtime.worker import RunSettings
+
+    kafka = KafkaSettings(bootstrap="127.0.0.1:9092", group="g")
+    assert getattr(RunSettings(kafka=kafka, secret=b"s"), name) == 0  # off: by time only
+    assert getattr(RunSettings(kafka=kafka, secret=b"s", **{name: 250}), name) == 250
+    with pytest.raises(ConfigError, match=name):
+        RunSettings(kafka=kafka, secret=b"s", **{name: value})
+
+
+def test_event_intervals_come_from_the_run_table_and_the_flags(tmp_path):
+    from worker.cli import run_settings
+
+    config = tmp_path / "worker.toml"
+    config.write_text('[run]\nsecret = "s"\ncommit_interval_events = 100\n'
+                      "snapshot_interval_events = 5000\n")
+    settings = run_settings(str(config), {"commit_interval_events": 50}, ())
+    assert (settings.commit_interval_events, settings.snapshot_interval_events) == (50, 5000)

@@ -60,10 +60,16 @@ class RunSettings:
     metrics_port: int | None = None
     limits: Limits = DEFAULT_LIMITS
     status_interval_s: float = 60.0  # a periodic status_report on control; 0: none
+    commit_interval_events: int = 0  # also commit after this many input messages; 0: time only
+    snapshot_interval_events: int = 0  # also snapshot after this many events; 0: time only
 
     def __post_init__(self) -> None:
         if not self.secret:
             raise ConfigError("a secret is required to sign snapshots (--secret or WORKER_SECRET)")
+        for name in ("commit_interval_events", "snapshot_interval_events"):
+            n = getattr(self, name)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ConfigError(f"{name} must be a whole number of events >= 0 (0: off), got {n!r}")
         s = self.status_interval_s
         if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s < float("inf"):
             raise ConfigError(f"status_interval_s must be a number of seconds >= 0 (0: off), got {s!r}")
@@ -85,6 +91,7 @@ class Worker:
         self.engine: Engine | None = None
         self._runs: list[list[Any]] = []
         self._last_snapshot = 0.0
+        self._snapshot_events = 0  # engine's event count at the last snapshot
         self._last_commit = 0.0
         self._last_status = time.monotonic()
         self._leftover: list[Any] = []  # consumed, not yet handled: the next transaction's
@@ -137,6 +144,7 @@ class Worker:
             self._producer.commit_transaction(TXN_CALL_TIMEOUT_S)
         offsets = self._recover()
         self._leftover, self._span_began = [], None
+        self._snapshot_events = self.engine.counts["events"]
         self._assign(offsets)
         if self.exactly_once:
             self._producer.begin_transaction()
@@ -189,9 +197,10 @@ class Worker:
         otherwise run past the transaction timeout, be aborted and be retried forever)."""
         interval = self.settings.kafka.commit_interval_ms / 1000
         deadline = time.monotonic() + interval
+        budget = self.settings.commit_interval_events or None  # input messages per transaction
         while not self.stopping:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or budget == 0:
                 break
             # commands first: control has a consumer of its own, so an operator's command
             # is handled within a commit interval, however long the events' backlog
@@ -206,19 +215,23 @@ class Worker:
             began = time.monotonic()
             if messages:
                 self.broker_unreachable = False
-            handled = self._handle(messages, deadline)
+            handled = self._handle(messages, deadline, budget)
+            if budget is not None:
+                budget -= handled
             self.observer.observe_batch(time.monotonic() - began, handled)  # also when idle
         self._report_status_when_due()
         self._commit()
 
-    def _handle(self, messages: list[Any], deadline: float | None = None) -> int:
-        """Handle ``messages`` in order; past ``deadline`` (after at least one) keep the
-        rest for the next transaction. Returns how many were taken."""
+    def _handle(self, messages: list[Any], deadline: float | None = None, limit: int | None = None) -> int:
+        """Handle ``messages`` in order; past ``deadline`` (after at least one) or after
+        ``limit`` of them, keep the rest for the next transaction. Returns how many were
+        taken."""
         if messages and self._span_began is None:
             self._span_began = time.monotonic()
         handled = 0
         for msg in messages:
-            if deadline is not None and handled and time.monotonic() >= deadline:
+            if handled and ((deadline is not None and time.monotonic() >= deadline)
+                            or (limit is not None and handled >= limit)):
                 self._leftover = messages[handled:]
                 break
             handled += 1
@@ -261,9 +274,12 @@ class Worker:
             runs.append([topic, partition, offset, offset])
 
     def _commit(self, force_snapshot: bool = False) -> None:
+        every_events = self.settings.snapshot_interval_events
+        events_since = self.engine.counts["events"] - self._snapshot_events
         snapshot_due = force_snapshot or (
             self._runs and (time.monotonic() - self._last_snapshot >= self.settings.kafka.snapshot_interval_s
-                            or self.engine.snapshot_requested)
+                            or self.engine.snapshot_requested
+                            or (every_events and events_since >= every_events))
         )
         idle_for = time.monotonic() - self._last_commit
         if not self._runs and not snapshot_due and not (self.exactly_once and idle_for >= HEARTBEAT_S):
@@ -291,6 +307,7 @@ class Worker:
             meta = {"events": self.engine.counts["events"], "champion": self.engine.champion}
             self._checkpoints.write_snapshot(producer, self.engine.snapshot(self.settings.secret), meta)
             self._last_snapshot = time.monotonic()
+            self._snapshot_events = self.engine.counts["events"]
             self.observer.observe_checkpoint(self._last_snapshot - began)
             log.debug("snapshot written in %.3fs", self._last_snapshot - began)
         elif self._runs:
@@ -413,6 +430,7 @@ class Worker:
         if positions:
             self._consumer.commit(offsets=positions, asynchronous=False)
         self._last_snapshot = time.monotonic()
+        self._snapshot_events = self.engine.counts["events"]
         self.observer.observe_checkpoint(self._last_snapshot - began)
 
     # --- errors --------------------------------------------------------------------------
