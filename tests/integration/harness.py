@@ -39,7 +39,9 @@ def create_all_topics(bootstrap: str, prefix: str, partitions: int) -> None:
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    # Idempotent: a batch the broker wrote but could not acknowledge (it stopped) is
+    # retried without being written twice, so the input holds each record once.
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     n = 0
     for key, value in records:
         while True:
