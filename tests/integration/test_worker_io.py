@@ -478,3 +478,25 @@ def test_restart_keeps_models_new_challenger_spec_applies_next_and_fresh_starts_
         ids = Counter(predicted_ids(bootstrap, prefix))
         assert len(ids) == 750 and set(ids.values()) == {1}
     assert read_all(bootstrap, prefix + "events.dlq") == []
+
+
+def test_an_open_transaction_on_an_output_topic_is_reported_at_start(bootstrap, unique, tmp_path):
+    """Only the worker writes predictions; a transaction still open there when it starts
+    is a hanging one (markers lost, README "Brokers for exactly once"): it says so."""
+    prefix = unique("hanging") + "."
+    create_all_topics(bootstrap, prefix, 2)
+    other = Producer({"bootstrap.servers": bootstrap, "transactional.id": prefix + "someone-else"})
+    other.init_transactions(30)
+    other.begin_transaction()
+    other.produce(prefix + "predictions", value=b"{}", partition=1)
+    assert other.flush(30) == 0
+    try:
+        with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
+            warnings = [line for line in worker.log().splitlines()
+                        if '"level": "warning"' in line and "open transaction" in line]
+            assert len(warnings) == 1 and f"{prefix}predictions[1]" in warnings[0], warnings
+            assert "held at offset 0 of 1" in warnings[0], warnings
+    finally:
+        other.abort_transaction(30)
+    with running(bootstrap, prefix, tmp_path / "restarted.log") as worker:
+        assert "open transaction" not in worker.log(), "nothing open once it was aborted"

@@ -150,6 +150,27 @@ def committed(client: Consumer, partitions: list[TopicPartition]) -> dict[tuple[
             for tp in client.committed(partitions, timeout=10.0) if tp.offset >= 0}
 
 
+def unstable_partitions(config: dict[str, Any], partitions: list[TopicPartition],
+                        timeout_s: float = 10.0) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, last stable offset, high watermark) of each partition where an
+    open transaction holds read_committed readers back (LSO < HWM).
+
+    A read_committed client's watermark query answers the LSO, a read_uncommitted one's
+    the high watermark."""
+    levels = ("read_committed", "read_uncommitted")
+    clients = [consumer({**config, "isolation.level": level}) for level in levels]
+    try:
+        out = []
+        for tp in partitions:
+            lso, hwm = (c.get_watermark_offsets(tp, timeout=timeout_s, cached=False)[1] for c in clients)
+            if lso < hwm:
+                out.append((tp.topic, tp.partition, lso, hwm))
+        return out
+    finally:
+        for client in clients:
+            client.close()
+
+
 STUCK = KafkaError._TIMED_OUT_QUEUE  # our code for "a call outlived its timeout"
 
 

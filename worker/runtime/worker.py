@@ -147,6 +147,7 @@ class Worker:
         self._snapshot_events = self.engine.counts["events"]
         self._assign(offsets)
         if self.exactly_once:
+            self._warn_unstable_outputs()
             self._producer.begin_transaction()
         # the current champion once more: its first publication may predate models on
         # the topic (an older release) or the topic's retention; the same keys replace it
@@ -386,6 +387,21 @@ class Worker:
                                 secret=self.settings.secret,
                                 require_signed_commands=self.settings.require_signed_commands,
                                 chunk_bytes=self.settings.chunk_bytes)
+
+    def _warn_unstable_outputs(self) -> None:
+        """Say so when a topic only this worker writes has an open transaction right
+        after ``init_transactions`` closed ours: it is a hanging one (README, "Brokers for
+        exactly once"), read_committed readers are stuck behind it, and the output may
+        not be exactly once."""
+        names = self.topics
+        only_ours = (names.predictions, names.dlq, names.models, names.worker_state)
+        outputs = [TopicPartition(t, p) for t in only_ours for p in kafka.partitions_of(self._consumer, t)]
+        config = self.settings.kafka.consumer_config()
+        for topic, partition, lso, hwm in kafka.unstable_partitions(config, outputs):
+            log.warning("open transaction on %s[%d]: readers are held at offset %d of %d; no other producer "
+                        "writes there, so it is hanging (a commit whose markers the broker lost?): exactly "
+                        "once may not hold for it; inspect with kafka-transactions.sh find-hanging",
+                        topic, partition, lso, hwm)
 
     def _all_partitions(self) -> list[TopicPartition]:
         inputs = (self.topics.events, self.topics.labels, self.topics.control)
