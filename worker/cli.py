@@ -122,7 +122,7 @@ def _count_lines(path: Path) -> int:
 RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_ms", "snapshot_interval_s",
             "transaction_timeout_ms", "metrics_port", "secret", "require_signed_commands", "state_dir",
             "max_batch", "fresh", "status_interval_s", "commit_interval_events", "snapshot_interval_events",
-            "kafka"}
+            "role", "scorer_id", "kafka"}
 
 
 @cli.command("run")
@@ -152,12 +152,18 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
 @click.option("--state-dir", envvar="WORKER_STATE_DIR", help="at_least_once: folder of the snapshot file.")
 @click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
               metavar="KEY=VALUE", help="librdkafka setting passed through (SASL, TLS …); repeatable.")
+@click.option("--role", envvar="WORKER_ROLE", type=click.Choice(["all", "trainer", "scorer"]),
+              help="all: one process does everything; trainer + scorers: scale-out [all].")
+@click.option("--scorer-id", envvar="WORKER_SCORER_ID",
+              help="--role scorer: a stable name per scorer (its transactional.id) [the host name].")
 @click.option("--log-level", envvar="WORKER_LOG_LEVEL", default="info", show_default=True)
 def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_interval_ms,
                 commit_interval_events, snapshot_interval_s, snapshot_interval_events, status_interval_s,
-                metrics_port, secret, require_signed_commands, fresh, state_dir, kafka_config, log_level,
-                **engine_flags) -> None:
+                metrics_port, secret, require_signed_commands, fresh, state_dir, kafka_config, role,
+                scorer_id, log_level, **engine_flags) -> None:
     """Serve, evaluate, train and decide on Kafka: the main job."""
+    import socket
+
     from worker.obs import logs
     from worker.runtime.worker import Worker
 
@@ -169,8 +175,14 @@ def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_i
              "snapshot_interval_events": snapshot_interval_events,
              "status_interval_s": status_interval_s, "metrics_port": metrics_port, "secret": secret,
              "state_dir": state_dir, "fresh": fresh,
-             "require_signed_commands": require_signed_commands}
+             "require_signed_commands": require_signed_commands, "role": role,
+             "scorer_id": scorer_id or socket.gethostname()}
     settings = run_settings(config_path, flags, kafka_config)
+    if settings.role == "scorer":
+        from worker.runtime.scorer import Scorer
+
+        Scorer(settings).run()
+        return
     worker = Worker(settings, engine_config(config_path, **engine_flags))
     if settings.metrics_port is not None:
         from worker.obs.server import serve

@@ -296,3 +296,17 @@ def test_event_intervals_come_from_the_run_table_and_the_flags(tmp_path):
                       "snapshot_interval_events = 5000\n")
     settings = run_settings(str(config), {"commit_interval_events": 50}, ())
     assert (settings.commit_interval_events, settings.snapshot_interval_events) == (50, 5000)
+
+
+def test_roles_and_scorer_ids():
+    from worker.runtime.worker import RunSettings
+
+    kafka = KafkaSettings(bootstrap="127.0.0.1:9092", group="g")
+    assert RunSettings(kafka=kafka, secret=b"s").role == "all"
+    scorer = RunSettings(kafka=kafka, secret=b"s", role="scorer", scorer_id="host-1.a_b")
+    assert (scorer.role, scorer.scorer_id) == ("scorer", "host-1.a_b")
+    with pytest.raises(ConfigError, match="role must be one of all, trainer, scorer"):
+        RunSettings(kafka=kafka, secret=b"s", role="reader")
+    for bad in ("", "a b", "x" * 101, "ü"):
+        with pytest.raises(ConfigError, match="scorer_id"):
+            RunSettings(kafka=kafka, secret=b"s", scorer_id=bad)

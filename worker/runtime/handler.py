@@ -37,8 +37,12 @@ class Handler:
     """Routes messages by topic; writes predictions, dead letters and control messages."""
 
     def __init__(self, engine: Engine, producer: Producer | None, topics: TopicNames, *, limits: Limits,
-                 secret: bytes, require_signed_commands: bool, chunk_bytes: int = 1_000_000) -> None:
+                 secret: bytes, require_signed_commands: bool, chunk_bytes: int = 1_000_000,
+                 serve: bool = True) -> None:
         self.engine = engine
+        # False for `--role trainer`: scorers write the predictions and dead-letter bad
+        # events (ARCHITECTURE.md §5); the trainer still learns from every event.
+        self.serve = serve
         self.producer = producer
         self.topics = topics
         self.limits = limits
@@ -55,7 +59,7 @@ class Handler:
         try:
             if topic == self.topics.events:
                 prediction = self.engine.process(decode_event(msg.value(), msg.key(), position, self.limits))
-                if emit:
+                if emit and self.serve:
                     key = prediction.key if prediction.key is not None else prediction.id
                     self.producer.produce(self.topics.predictions, value=encode_prediction(prediction),
                                           key=key.encode())
@@ -66,7 +70,7 @@ class Handler:
         except BadInputError as e:
             if not isinstance(e, RefusedInputError):  # the engine counts what it refuses itself
                 self.engine.count_undecodable()
-            if emit:
+            if emit and (self.serve or topic != self.topics.events):
                 self._dead_letter(msg, str(e))
         if self.engine.has_lifecycle:  # every decision comes with its lifecycle events
             self.flush(emit)

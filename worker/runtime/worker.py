@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 import uuid
@@ -39,6 +40,7 @@ log = logging.getLogger("worker.run")
 
 TXN_CALL_TIMEOUT_S = 30.0
 OFFSETS_TIMEOUT_S = 10.0  # send_offsets_to_transaction; it may ignore it (see kafka.call_bounded)
+ROLES = ("all", "trainer", "scorer")
 HEARTBEAT_S = 2.0  # an idle exactly-once worker commits this often, to notice a takeover
 
 
@@ -62,10 +64,16 @@ class RunSettings:
     status_interval_s: float = 60.0  # a periodic status_report on control; 0: none
     commit_interval_events: int = 0  # also commit after this many input messages; 0: time only
     snapshot_interval_events: int = 0  # also snapshot after this many events; 0: time only
+    role: str = "all"  # or "trainer" / "scorer" (ARCHITECTURE.md §5)
+    scorer_id: str = "scorer"  # --role scorer: names its transactional.id
 
     def __post_init__(self) -> None:
         if not self.secret:
             raise ConfigError("a secret is required to sign snapshots (--secret or WORKER_SECRET)")
+        if self.role not in ROLES:
+            raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if not isinstance(self.scorer_id, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", self.scorer_id):
+            raise ConfigError(f"scorer_id must be 1-100 of A-Z a-z 0-9 . _ -; got {self.scorer_id!r}")
         for name in ("commit_interval_events", "snapshot_interval_events"):
             n = getattr(self, name)
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -386,7 +394,7 @@ class Worker:
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
                                 secret=self.settings.secret,
                                 require_signed_commands=self.settings.require_signed_commands,
-                                chunk_bytes=self.settings.chunk_bytes)
+                                chunk_bytes=self.settings.chunk_bytes, serve=self.settings.role == "all")
 
     def _warn_unstable_outputs(self) -> None:
         """Say so when a topic only this worker writes has an open transaction right

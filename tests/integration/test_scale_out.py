@@ -1,0 +1,74 @@
+"""Scale-out (ARCHITECTURE.md §5) against a real broker: one `--role trainer` and a group
+of `--role scorer` processes serve every event exactly once, follow promotions, and
+survive a scorer's kill -9."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tests.integration.harness import (
+    WorkerProcess,
+    create_all_topics,
+    event,
+    json_values,
+    produce,
+    read_all,
+    wait_until,
+)
+from tests.integration.test_worker_exactly_once import steady_producer
+from tests.integration.test_worker_io import control
+
+
+def predictions(bootstrap: str, prefix: str) -> list[dict]:
+    return json_values(read_all(bootstrap, prefix + "predictions"))
+
+
+def scorer(bootstrap: str, prefix: str, log, scorer_id: str) -> WorkerProcess:
+    return WorkerProcess(bootstrap, prefix, log, "--role", "scorer", "--scorer-id", scorer_id,
+                         "--kafka-config", "session.timeout.ms=6000")
+
+
+def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(bootstrap, unique, tmp_path):
+    prefix = unique("scale") + "."
+    create_all_topics(bootstrap, prefix, 4)
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
+                            "--policy", "manual", "--warmup-labels", "200")
+    scorers = [scorer(bootstrap, prefix, tmp_path / f"s{i}.log", f"s{i}") for i in (1, 2)]
+    processes = [trainer, *scorers]
+    try:
+        trainer.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(1000)])
+        for s in scorers:  # ready once the trainer published version 1 (its warm-up is over)
+            s.wait_ready()
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 1000, 60, "1000 predictions")
+        first = predictions(bootstrap, prefix)
+        assert Counter(p["id"] for p in first) == Counter(f"e{i}" for i in range(1000)), "each event once"
+        assert {(p["served_by"], p["model_version"]) for p in first} == {("champion", 1)}
+        assert all("shadow" not in p for p in first), "scorers serve the champion only"
+
+        code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
+        assert code == 0, (lines, stderr)
+        for s in scorers:
+            wait_until(lambda s=s: "serving champion v2" in s.log(), 30, "the scorers to load v2")
+        produce(bootstrap, prefix + "events", [event(i) for i in range(1000, 1500)])
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 1500, 60, "1500 predictions")
+        later = {f"e{i}" for i in range(1000, 1500)}
+        assert {p["model_version"] for p in predictions(bootstrap, prefix) if p["id"] in later} == {2}
+
+        # kill -9 one scorer while events flow; it comes back under the same id
+        sender = steady_producer(bootstrap, prefix + "events", (event(i) for i in range(1500, 6500)),
+                                 rate_per_s=1000)
+        wait_until(lambda: len(predictions(bootstrap, prefix)) > 2500, 60, "predictions to flow")
+        scorers[0].kill()
+        scorers[0] = scorer(bootstrap, prefix, tmp_path / "s1-again.log", "s1")
+        processes.append(scorers[0])
+        scorers[0].wait_ready()
+        assert "serving champion v2 (was vNone)" in scorers[0].log(), "found on control at start"
+        sender.join(60)
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 6500, 120, "6500 predictions")
+        ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
+        assert ids == Counter(f"e{i}" for i in range(6500)), "nothing lost, nothing duplicated"
+        assert read_all(bootstrap, prefix + "events.dlq") == []
+    finally:
+        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
+    assert codes == [0, 0, 0], [p.log()[-2000:] for p in processes]

@@ -1,0 +1,281 @@
+"""`worker run --role scorer`: serve the champion on a share of the events (ARCHITECTURE.md §5).
+
+Scorers are a consumer group (``<group>.scorers``) over ``events``: Kafka spreads the
+partitions over however many are running and moves them when one comes or goes. Each
+serves the current champion and writes its predictions exactly once: one transaction per
+commit interval with the predictions, the dead letters and the consumed offsets, sent
+with the group's metadata (KIP-447), so a scorer that lost its partitions in a
+rebalance can no longer commit them. Its ``transactional.id`` is ``worker-<group>-
+scorer-<scorer id>``: a scorer restarted with the same id aborts what its previous run
+left open at once, instead of holding readers back until the transaction times out.
+
+The champion is the version the latest lifecycle event on ``control`` names; its model
+comes from ``models``, signed (:mod:`worker.io.models`). The trainer (``--role
+trainer``) publishes version 1 at the end of its warm-up: until then there is nothing to
+serve and a scorer waits. A promotion or rollback reaches the scorers as soon as they
+read its lifecycle event, so for a moment they may still serve the previous champion;
+every prediction names the version that made it. Scorers serve the champion only: no
+traffic split, no shadow score (the trainer scores both models on every event).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+from confluent_kafka import KafkaException, Message, TopicPartition
+
+from worker.core.types import LifecycleEvent, Prediction
+from worker.errors import BadInputError, ConfigError, SnapshotError, WorkerError
+from worker.io import kafka
+from worker.io.codec import decode_command, decode_event, dlq_headers, encode_prediction
+from worker.io.models import read_catalog
+from worker.io.topics import missing_topics
+from worker.runtime.worker import TXN_CALL_TIMEOUT_S, RunSettings
+
+log = logging.getLogger("worker.scorer")
+
+CONTROL_SCAN = 1000  # control messages read per step back from its end, looking for the champion
+RETRY_S = 1.0  # between attempts to load a champion that is not on `models` yet
+
+
+class Fenced(WorkerError):
+    """Another scorer with the same id took over."""
+
+
+def latest_champion(reader: Any, topic: str) -> tuple[int | None, int]:
+    """(the champion the last lifecycle event on ``topic`` names, or None; the end offset).
+
+    Reads back from the end, ``CONTROL_SCAN`` messages at a time, so a long control log
+    costs only its tail."""
+    _, end = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=TXN_CALL_TIMEOUT_S, cached=False)
+    last = end - 1
+    while last >= 0:
+        first = max(0, last - CONTROL_SCAN + 1)
+        champion = None
+        for msg in kafka.read_range(reader, topic, 0, first, last):
+            champion = _champion_of(msg.value()) or champion
+        if champion is not None:
+            return champion, end
+        last = first - 1
+    return None, end
+
+
+def _champion_of(value: bytes | None) -> int | None:
+    try:
+        decoded, _ = decode_command(value)
+    except BadInputError:
+        return None
+    return decoded.champion if isinstance(decoded, LifecycleEvent) else None
+
+
+class ChampionFeed:
+    """Follows ``control`` for the champion's version and loads its model from ``models``."""
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self.version: int | None = None
+        self.model: Any = None
+        self._wanted: int | None = None
+        self._next_try = 0.0
+        config = settings.kafka.consumer_config()
+        self._control = kafka.consumer({**config, "group.id": f"{settings.kafka.group}.scorers-control"})
+        self._reader_config = {**config, "group.id": f"{settings.kafka.group}.scorers-reader"}
+
+    def start(self) -> None:
+        reader = kafka.reader(self._reader_config)
+        try:
+            self._wanted, end = latest_champion(reader, self.settings.kafka.topics.control)
+        finally:
+            reader.close()
+        self._control.assign([TopicPartition(self.settings.kafka.topics.control, 0, end)])
+        self._load_when_due()
+
+    def poll(self) -> None:
+        """Read what came on control since the last call; switch models when the
+        champion changed (and its model is published)."""
+        for msg in self._control.consume(num_messages=100, timeout=0):
+            if not msg.error():
+                self._wanted = _champion_of(msg.value()) or self._wanted
+        if self._wanted is not None and self._wanted != self.version:
+            self._load_when_due()
+
+    def _load_when_due(self) -> None:
+        if self._wanted is None or time.monotonic() < self._next_try:
+            return
+        reader = kafka.reader(self._reader_config)
+        try:
+            catalog = read_catalog(reader, self.settings.kafka.topics.models)
+        finally:
+            reader.close()
+        try:
+            model = catalog.load(self._wanted, self.settings.secret)
+        except SnapshotError as e:  # not published yet (the warm-up), or not ours
+            self._next_try = time.monotonic() + RETRY_S
+            log.info("champion v%d cannot be served yet: %s", self._wanted, e)
+            return
+        log.info("serving champion v%d (was v%s)", self._wanted, self.version)
+        self.version, self.model = self._wanted, model
+
+    def close(self) -> None:
+        self._control.close()
+
+
+class Scorer:
+    """One member of the scorer group: consume events, serve the champion, commit."""
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self.topics = settings.kafka.topics
+        self.stopping = False
+        self.ready = False
+        self.feed = ChampionFeed(settings)
+        self.dead_letters = 0
+        self._handled = 0  # messages in the open transaction
+        self._producer: Any = None
+        self._consumer: Any = None
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT (commit, leave the group, exit) or a fatal error."""
+        self._check()
+        self._install_signals()
+        kafka_settings, group = self.settings.kafka, self.settings.kafka.group
+        txn_id = f"worker-{group}-scorer-{self.settings.scorer_id}"
+        self._producer = kafka.producer({**kafka_settings.producer_config(), "transactional.id": txn_id})
+        self._producer.init_transactions(TXN_CALL_TIMEOUT_S)  # aborts what a previous run left open
+        try:
+            self.feed.start()
+            while self.feed.model is None and not self.stopping:
+                time.sleep(0.2)  # the trainer's warm-up: nothing to serve yet (polling, not sync)
+                self.feed.poll()
+            if self.stopping:
+                return
+            config = {**kafka_settings.consumer_config(), "group.id": f"{group}.scorers"}
+            self._consumer = kafka.consumer(config)
+            self._consumer.subscribe([self.topics.events], on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self._producer.begin_transaction()
+            self.ready = True
+            log.info("ready: scorer %s serving champion v%d", self.settings.scorer_id, self.feed.version)
+            while not self.stopping:
+                self._step()
+            self._commit()
+        finally:
+            self._close()
+        log.info("stopped cleanly")
+
+    def _check(self) -> None:
+        if self.settings.kafka.guarantee != "exactly_once":
+            raise ConfigError("--role scorer needs --guarantee exactly_once")
+        names = self.topics
+        needed = [names.events, names.predictions, names.control, names.models, names.dlq]
+        missing = missing_topics(self.settings.kafka.admin_config(), needed)
+        if missing:
+            names = ", ".join(missing)
+            raise ConfigError(f"missing topics: {names} (create them with `worker topics create`)")
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            if self.stopping:
+                raise SystemExit(130)
+            log.info("signal %d: committing, then leaving the group", signum)
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def _step(self) -> None:
+        deadline = time.monotonic() + self.settings.kafka.commit_interval_ms / 1000
+        while not self.stopping and (remaining := deadline - time.monotonic()) > 0:
+            self.feed.poll()
+            for msg in self._consumer.consume(num_messages=self.settings.max_batch,
+                                              timeout=min(remaining, 0.01)):
+                self._serve(msg)
+        self._commit()
+
+    def _serve(self, msg: Message) -> None:
+        if msg.error():
+            log.warning("Kafka: %s", msg.error().str())
+            return
+        self._handled += 1
+        position = (msg.topic(), msg.partition(), msg.offset())
+        try:
+            event = decode_event(msg.value(), msg.key(), position, self.settings.limits)
+            try:
+                proba = self.feed.model.predict_proba_one(event.features)
+            except Exception as e:  # noqa: BLE001 - a model error makes this event bad, not the scorer
+                raise BadInputError(f"model raised {type(e).__name__}: {e}") from e
+            prediction = Prediction(event.id, "champion", self.feed.version,
+                                    max(proba, key=proba.get) if proba else None, proba, event.ts, event.key)
+            value = encode_prediction(prediction)
+        except BadInputError as e:
+            self._producer.produce(self.topics.dlq, value=msg.value(), key=msg.key(),
+                                   headers=dlq_headers(str(e), position))
+            self.dead_letters += 1
+            return
+        key = event.key if event.key is not None else event.id
+        self._producer.produce(self.topics.predictions, value=value, key=key.encode())
+
+    def _commit(self) -> None:
+        """Commit the open transaction with the consumed offsets, and open the next."""
+        if not self._handled or self._consumer is None:
+            return
+        positions = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
+        try:
+            kafka.call_bounded(self._producer.send_offsets_to_transaction, positions,
+                               self._consumer.consumer_group_metadata(), TXN_CALL_TIMEOUT_S)
+            while True:
+                try:
+                    self._producer.commit_transaction(TXN_CALL_TIMEOUT_S)
+                    break
+                except KafkaException as e:
+                    if not e.args[0].retriable():
+                        raise
+                    log.warning("broker not answering (%s); retrying the commit", e.args[0].str())
+        except KafkaException as e:
+            self._on_commit_error(e.args[0])
+        self._handled = 0
+        self._producer.begin_transaction()
+
+    def _on_commit_error(self, error: Any) -> None:
+        if error.fatal() or error.code() in kafka.FENCED:
+            raise Fenced(f"fenced: another scorer with id {self.settings.scorer_id!r} took over "
+                         f"(give each scorer its own --scorer-id); exiting") from None
+        if error.code() == kafka.STUCK:
+            raise WorkerError(f"{error.str()}: the producer is stuck (a broker restart?); exiting, "
+                              "restart this scorer with the same --scorer-id") from None
+        log.warning("transaction aborted (%s): reading again from the last commit", error.str())
+        self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Back to the committed offsets: what the aborted transaction held is served again."""
+        assigned = self._consumer.assignment()
+        if assigned:
+            for tp in self._consumer.committed(assigned, timeout=TXN_CALL_TIMEOUT_S):
+                if tp.offset >= 0:
+                    self._consumer.seek(tp)
+        self._handled = 0
+
+    def _on_revoke(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
+        """Partitions move to another scorer: commit what was served from them first."""
+        self._commit()
+
+    def _on_lost(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
+        """Partitions were taken without a revoke (a session timeout): their offsets can no
+        longer be committed by us, so abort; another scorer serves them again."""
+        log.warning("lost partitions %s: aborting the open transaction", _partitions)
+        self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
+        self._handled = 0
+        self._producer.begin_transaction()
+
+    def _close(self) -> None:
+        self.ready = False
+        if self._consumer is not None:
+            self._consumer.close()
+        self.feed.close()
+        try:
+            self._producer.flush(10)
+        except KafkaException as e:
+            log.debug("producer flush on close: %s", e.args[0].str())
