@@ -413,6 +413,16 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique):
     assert elapsed < 15
     assert "cannot reach Kafka" in line and "127.0.0.1:1" in line, line
 
+    # a scorer: the same checks, and what it cannot do
+    for args, problem in (((), "missing topics"),
+                          (("--guarantee", "at_least_once"), "--role scorer needs --guarantee exactly_once"),
+                          (("--metrics-port", "0"), "--metrics-port is not available with --role scorer")):
+        code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", unique("none") + ".",
+                                            "--role", "scorer", *args)
+        line = the_one_error_line(stderr)
+        assert code == 2 and elapsed < 15, stderr
+        assert problem in line, line
+
 
 # ------------------------------------------------------------------------ 9. restarts
 

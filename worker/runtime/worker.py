@@ -402,7 +402,9 @@ class Worker:
         exactly once"), read_committed readers are stuck behind it, and the output may
         not be exactly once."""
         names = self.topics
-        only_ours = (names.predictions, names.dlq, names.models, names.worker_state)
+        only_ours = (names.models, names.worker_state)
+        if self.settings.role == "all":  # else scorers write these
+            only_ours += (names.predictions, names.dlq)
         outputs = [TopicPartition(t, p) for t in only_ours for p in kafka.partitions_of(self._consumer, t)]
         config = self.settings.kafka.consumer_config()
         for topic, partition, lso, hwm in kafka.unstable_partitions(config, outputs):
