@@ -400,14 +400,13 @@ def models_options(command):
 def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...]):
     from worker.io import kafka
     from worker.io.models import read_catalog
-    from worker.io.topics import missing_topics
+    from worker.io.topics import require_topics
     from worker.settings import KafkaSettings, parse_kafka_config
 
     settings = KafkaSettings(bootstrap=bootstrap, group="worker-models-cli", topic_prefix=topic_prefix,
                              extra=parse_kafka_config(kafka_config))
     topic = settings.topics.models
-    if missing_topics(settings.admin_config(), [topic]):
-        raise ConfigError(f"missing topic: {topic} (create it with `worker topics create`)")
+    require_topics(settings.admin_config(), [topic])
     reader = kafka.reader({**settings.admin_config(), "group.id": "worker-models-cli"})
     try:
         return read_catalog(reader, topic)
@@ -500,7 +499,7 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
     import uuid
 
     from worker.io import simulate as sim
-    from worker.io.topics import missing_topics
+    from worker.io.topics import require_topics
     from worker.settings import KafkaSettings, parse_kafka_config
 
     settings = KafkaSettings(bootstrap=bootstrap, group="worker-simulate", topic_prefix=topic_prefix,
@@ -526,9 +525,7 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
         what = f"{generator} {concepts}"
     stream = sim.messages(source, events=events, entities=entities, labels=labels_mode,
                           label_delay=label_delay, id_prefix=prefix, seed=seed)
-    missing = missing_topics(settings.admin_config(), [topics.events, topics.labels])
-    if missing:
-        raise ConfigError(f"missing topics: {', '.join(missing)} (create them with `worker topics create`)")
+    require_topics(settings.admin_config(), [topics.events, topics.labels])
     to = topics.events + (f" + {topics.labels}" if labels_mode == "topic" else "")
     pace = f"at {rate:g} events/s" if rate else "as fast as possible"
     click.echo(f"simulate: {what} → {to}, {pace}", err=True)

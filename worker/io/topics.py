@@ -120,6 +120,15 @@ def missing_topics(admin_config: dict[str, Any], required: list[str], timeout_s:
     return [name for name in required if name not in present]
 
 
+def require_topics(admin_config: dict[str, Any], required: list[str]) -> None:
+    """Raise :class:`ConfigError` naming the topics of ``required`` that do not exist."""
+    missing = missing_topics(admin_config, required)
+    if len(missing) == 1:
+        raise ConfigError(f"missing topic: {missing[0]} (create it with `worker topics create`)")
+    if missing:
+        raise ConfigError(f"missing topics: {', '.join(missing)} (create them with `worker topics create`)")
+
+
 # ----------------------------------------------------------------------------- helpers
 
 

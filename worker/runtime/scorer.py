@@ -32,7 +32,7 @@ from worker.errors import BadInputError, ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import decode_command, decode_event, dlq_headers, encode_prediction
 from worker.io.models import read_catalog
-from worker.io.topics import missing_topics
+from worker.io.topics import require_topics
 from worker.runtime.worker import TXN_CALL_TIMEOUT_S, RunSettings
 
 log = logging.getLogger("worker.scorer")
@@ -170,10 +170,7 @@ class Scorer:
             raise ConfigError("--role scorer needs --guarantee exactly_once")
         names = self.topics
         needed = [names.events, names.predictions, names.control, names.models, names.dlq]
-        missing = missing_topics(self.settings.kafka.admin_config(), needed)
-        if missing:
-            names = ", ".join(missing)
-            raise ConfigError(f"missing topics: {names} (create them with `worker topics create`)")
+        require_topics(self.settings.kafka.admin_config(), needed)
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: Any) -> None:

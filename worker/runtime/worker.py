@@ -31,7 +31,7 @@ from worker.core.observer import Observer
 from worker.errors import ConfigError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
-from worker.io.topics import missing_topics
+from worker.io.topics import require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
 from worker.runtime.handler import Handler
 from worker.settings import KafkaSettings
@@ -191,10 +191,7 @@ class Worker:
         signal.signal(signal.SIGINT, stop)
 
     def _check_topics(self) -> None:
-        missing = missing_topics(self.settings.kafka.admin_config(), self.topics.all())
-        if missing:
-            names = ", ".join(missing)
-            raise ConfigError(f"missing topics: {names} (create them with `worker topics create`)")
+        require_topics(self.settings.kafka.admin_config(), self.topics.all())
 
     # --- the loop ------------------------------------------------------------------------
 
