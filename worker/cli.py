@@ -181,11 +181,9 @@ def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_i
     if settings.role == "scorer":
         from worker.runtime.scorer import Scorer
 
-        if settings.metrics_port is not None:
-            raise ConfigError("--metrics-port is not available with --role scorer (only logs, for now)")
-        Scorer(settings).run()
-        return
-    worker = Worker(settings, engine_config(config_path, **engine_flags))
+        worker = Scorer(settings)
+    else:
+        worker = Worker(settings, engine_config(config_path, **engine_flags))
     if settings.metrics_port is not None:
         from worker.obs.server import serve
 

@@ -4,12 +4,15 @@ survive a scorer's kill -9."""
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections import Counter
 
 from tests.integration.harness import (
     WorkerProcess,
     create_all_topics,
     event,
+    free_port,
     json_values,
     produce,
     read_all,
@@ -23,9 +26,17 @@ def predictions(bootstrap: str, prefix: str) -> list[dict]:
     return json_values(read_all(bootstrap, prefix + "predictions"))
 
 
-def scorer(bootstrap: str, prefix: str, log, scorer_id: str) -> WorkerProcess:
+def scorer(bootstrap: str, prefix: str, log, scorer_id: str, *args: str) -> WorkerProcess:
     return WorkerProcess(bootstrap, prefix, log, "--role", "scorer", "--scorer-id", scorer_id,
-                         "--kafka-config", "session.timeout.ms=6000")
+                         "--kafka-config", "session.timeout.ms=6000", *args)
+
+
+def http(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(bootstrap, unique, tmp_path):
@@ -33,10 +44,15 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
     create_all_topics(bootstrap, prefix, 4)
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
                             "--policy", "manual", "--warmup-labels", "200")
-    scorers = [scorer(bootstrap, prefix, tmp_path / f"s{i}.log", f"s{i}") for i in (1, 2)]
+    ports = [free_port(), free_port()]
+    scorers = [scorer(bootstrap, prefix, tmp_path / f"s{i}.log", f"s{i}", "--metrics-port", str(port))
+               for i, port in enumerate(ports, start=1)]
     processes = [trainer, *scorers]
     try:
         trainer.wait_ready()
+        for port in ports:
+            wait_until(lambda port=port: http(port, "/healthz")[0] == 200, 30, "the scorers' /healthz")
+            assert http(port, "/readyz")[0] == 503, "no champion to serve before the warm-up ends"
         produce(bootstrap, prefix + "events", [event(i) for i in range(1000)])
         for s in scorers:  # ready once the trainer published version 1 (its warm-up is over)
             s.wait_ready()
@@ -45,6 +61,10 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
         assert Counter(p["id"] for p in first) == Counter(f"e{i}" for i in range(1000)), "each event once"
         assert {(p["served_by"], p["model_version"]) for p in first} == {("champion", 1)}
         assert all("shadow" not in p for p in first), "scorers serve the champion only"
+        assert [http(port, "/readyz")[0] for port in ports] == [200, 200]
+        served = [float(line.split()[-1]) for port in ports for line in http(port, "/metrics")[1].splitlines()
+                  if line.startswith('worker_events_total{served_by="champion"}')]
+        assert len(served) == 2 and sum(served) == 1000, served  # shared between them, each event once
 
         code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
         assert code == 0, (lines, stderr)

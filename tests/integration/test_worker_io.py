@@ -415,8 +415,7 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique):
 
     # a scorer: the same checks, and what it cannot do
     for args, problem in (((), "missing topics"),
-                          (("--guarantee", "at_least_once"), "--role scorer needs --guarantee exactly_once"),
-                          (("--metrics-port", "0"), "--metrics-port is not available with --role scorer")):
+                          (("--guarantee", "at_least_once"), "--role scorer needs --guarantee exactly_once")):
         code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", unique("none") + ".",
                                             "--role", "scorer", *args)
         line = the_one_error_line(stderr)

@@ -27,6 +27,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Message, TopicPartition
 
+from worker.core.observer import Observer
 from worker.core.types import LifecycleEvent, Prediction
 from worker.errors import BadInputError, ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
@@ -132,6 +133,8 @@ class Scorer:
         self.stopping = False
         self.ready = False
         self.feed = ChampionFeed(settings)
+        self.observer = Observer()  # worker.obs.server.serve() swaps in the Prometheus one
+        self.engine = None  # none here: the /readyz and /metrics helpers look for one
         self.dead_letters = 0
         self._handled = 0  # messages in the open transaction
         self._producer: Any = None
@@ -186,10 +189,14 @@ class Scorer:
         deadline = time.monotonic() + self.settings.kafka.commit_interval_ms / 1000
         while not self.stopping and (remaining := deadline - time.monotonic()) > 0:
             self.feed.poll()
-            for msg in self._consumer.consume(num_messages=self.settings.max_batch,
-                                              timeout=min(remaining, 0.01)):
+            messages = self._consumer.consume(self.settings.max_batch, timeout=min(remaining, 0.01))
+            began = time.monotonic()
+            for msg in messages:
                 self._serve(msg)
+            self.observer.observe_batch(time.monotonic() - began, len(messages))
+        began = time.monotonic()
         self._commit()
+        self.observer.observe_transaction(time.monotonic() - began)
 
     def _serve(self, msg: Message) -> None:
         if msg.error():
@@ -210,9 +217,11 @@ class Scorer:
             self._producer.produce(self.topics.dlq, value=msg.value(), key=msg.key(),
                                    headers=dlq_headers(str(e), position))
             self.dead_letters += 1
+            self.observer.dead_letter()
             return
         key = event.key if event.key is not None else event.id
         self._producer.produce(self.topics.predictions, value=value, key=key.encode())
+        self.observer.event_scored("champion")
 
     def _commit(self) -> None:
         """Commit the open transaction with the consumed offsets, and open the next."""
