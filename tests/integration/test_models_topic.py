@@ -118,3 +118,34 @@ def test_the_models_topic_is_read_committed_only(bootstrap, unique):
         else:
             producer.abort_transaction(30)
     assert versions(bootstrap, prefix) == [1]
+
+
+def test_a_rollback_reaches_a_champion_the_worker_no_longer_keeps(bootstrap, unique, tmp_path):
+    """With retain_versions = 1, v1 leaves the worker's memory after three promotions; a
+    rollback to it reads it back from `models`, and it serves exactly as it did."""
+    prefix = unique("models-back") + "."
+    create_all_topics(bootstrap, prefix, 2)
+    config = tmp_path / "worker.toml"
+    config.write_text('[engine]\npolicy = "manual"\nwarmup_labels = 100\nretain_versions = 1\n')
+    with running(bootstrap, prefix, tmp_path / "worker.log", "--config", str(config)):
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
+        wait_until(lambda: versions(bootstrap, prefix) == [1], 60, "v1 published")
+        for champion in (1, 2, 3):
+            code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", str(champion))
+            assert code == 0, (lines, stderr)
+        code, lines, stderr = control(bootstrap, prefix, "rollback", "--to-version", "1")
+        assert code == 0, (lines, stderr)
+        rolled = [line for line in lines if line["type"] == "rolled_back"]
+        assert rolled and rolled[0]["detail"]["to_version"] == 1, lines
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300, 400)])
+        wait_until(lambda: len(read_all(bootstrap, prefix + "predictions")) >= 400, 60, "400 predictions")
+
+    out = tmp_path / "v1.pkl"
+    code, _, stderr = models_cli(bootstrap, prefix, "export", "1", "--secret", SECRET, "--out", str(out))
+    assert code == 0, stderr
+    v1 = pickle.loads(out.read_bytes())
+    later = {f"e{i}": orjson.loads(event(i)[1])["features"] for i in range(300, 400)}
+    served = [p for p in json_values(read_all(bootstrap, prefix + "predictions")) if p["id"] in later]
+    assert len(served) == 100 and {p["model_version"] for p in served} == {1}
+    for p in served:
+        assert v1.predict_proba_one(later[p["id"]]) == {False: p["proba"]["false"], True: p["proba"]["true"]}

@@ -396,11 +396,47 @@ def test_rollback_to_previous_and_to_a_version():
     assert p.model_version == 1 and p.shadow["model_version"] == engine.challenger
 
 
+def test_a_dropped_former_champion_comes_back_from_the_model_source_for_a_rollback():
+    engine = warm_engine(retain_versions=1)
+    published = {1: copy.deepcopy(engine.registry[1].model)}  # what the worker wrote to `models`
+    for i in range(3):  # v2, v3, v4 promoted in turn: v1 is pushed out of retention
+        engine.apply(cmd("promote", f"p{i}"))
+        drive(engine, inline(two_concepts(10, seed=20 + i), start=1000 * (i + 1)))
+    assert engine.registry[1].model is None and engine.registry[1].metrics.frozen
+    engine.take_lifecycle()
+
+    engine.apply(cmd("rollback", "b1", to_version=1))  # no source: as before
+    [rejected] = engine.take_lifecycle()
+    assert rejected.type == "command_rejected" and "v1 is not a retained version" in rejected.detail["reason"]
+
+    engine.model_source = published.get
+    discarded = engine.challenger
+    engine.apply(cmd("reset_challenger", "r1"))
+    engine.take_lifecycle()
+    engine.apply(cmd("rollback", "b2", to_version=discarded))  # a discarded challenger is never published
+    assert "not a retained version (nor a published one)" in engine.take_lifecycle()[0].detail["reason"]
+
+    engine.apply(cmd("rollback", "b3", to_version=1))
+    assert types(engine.take_lifecycle()) == ["rolled_back", "command_applied"]
+    assert engine.champion == 1 and not engine.registry[1].metrics.frozen  # metrics start afresh
+    x = {"a": 0.3, "b": -0.2}
+    p = engine.process(Event(id="after", features=x))
+    assert p.model_version == 1 and p.proba == published[1].predict_proba_one(x)
+
+    def broken(version):
+        raise SnapshotError("signature mismatch")
+
+    engine.model_source = broken
+    engine.apply(cmd("rollback", "b4", to_version=2))  # v2 was pushed out by v1 coming back
+    reason = engine.take_lifecycle()[0].detail["reason"]
+    assert "v2 is not retained, and reading it back failed: signature mismatch" in reason, reason
+
+
 @pytest.mark.parametrize(
     ("command", "reason"),
     [
         (cmd("promote", "x", expected_champion=7), "stale"),
-        (cmd("rollback", "x", to_version=99), "v99 is not a retained version"),
+        (cmd("rollback", "x", to_version=99), "v99 does not exist"),
         (cmd("rollback", "x", to_version=1), "already the champion"),
         (cmd("set_split", "x", percent=150.0), "between 0 and 100"),
         (cmd("set_split", "x"), "between 0 and 100"),

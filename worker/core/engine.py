@@ -40,6 +40,7 @@ import logging
 import pickle
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from worker.core import state
@@ -84,6 +85,9 @@ class Engine:
     def __init__(self, config: EngineConfig, observer: Observer | None = None) -> None:
         self.config = config
         self.observer = observer or Observer()
+        # Where a dropped former champion's model can be read back (version → model, or
+        # None when it was never published): the worker's reader of the `models` topic.
+        self.model_source: Callable[[int], Any] | None = None
         self.registry = Registry(retain=config.retain_versions)
         self.served = Prequential(config.window, config.fading)
         self.arms: dict[str, Prequential] | None = None  # per served arm, once a split is set
@@ -375,8 +379,10 @@ class Engine:
         target = command.to_version
         if target is None:
             target = self._prev.version if self._prev else self._former_champion()
-        if target not in self.registry or self.registry[target].model is None:
-            raise CommandRejected(f"v{target} is not a retained version")
+        if target not in self.registry:
+            raise CommandRejected(f"v{target} does not exist")
+        if self.registry[target].model is None:
+            self._bring_back(self.registry[target])
         if target == self._champ.version:
             raise CommandRejected(f"v{target} is already the champion")
         if self._chal is not None and target == self._chal.version:
@@ -399,6 +405,19 @@ class Engine:
         if self._chal is not None:  # it keeps learning; only its comparison starts again
             self.test = self.config.promotion.new_test()
             self._challenger_born = self.counts["labelled"]
+
+    def _bring_back(self, mv: ModelVersion) -> None:
+        """Give a dropped former champion its model again, from :attr:`model_source`
+        (the edge's reader of the ``models`` topic), so that a rollback can reach it.
+        Its metrics start afresh: the dropped ones were frozen."""
+        try:
+            model = self.model_source(mv.version) if self.model_source is not None else None
+        except Exception as e:  # noqa: BLE001 - a missing or refused model makes the command fail, not us
+            raise CommandRejected(f"v{mv.version} is not retained, and reading it back failed: {e}") from e
+        if model is None:
+            raise CommandRejected(f"v{mv.version} is not a retained version (nor a published one)")
+        mv.model, mv.metrics = model, Prequential(self.config.window, self.config.fading)
+        self.registry.retire(mv.version, keep_model=True)  # retained again, like any former champion
 
     def _cmd_pause_learning(self, command: Command) -> None:
         self.learning = False
@@ -579,11 +598,13 @@ class Engine:
     def __getstate__(self) -> dict[str, Any]:
         values = self.__dict__.copy()
         del values["observer"]
+        values.pop("model_source", None)
         return values
 
     def __setstate__(self, values: dict[str, Any]) -> None:
         self.__dict__.update(values)
         self.observer = Observer()
+        self.model_source = None
         # Older snapshots: before dropped versions' metrics were frozen; worker 0.1.0
         # (e8d67cf): no undecodable count, bare river detectors.
         self.counts.setdefault("undecodable", 0)

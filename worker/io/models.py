@@ -77,6 +77,9 @@ class Catalog:
                     continue  # not ours: the topic is shared with nobody, but be safe
         return sorted(found, key=lambda m: m["version"])
 
+    def published(self, version: int) -> bool:
+        return self._latest.get(f"v{version}".encode()) is not None
+
     def load(self, version: int, secret: bytes) -> Any:
         """The model of ``version``; a missing, incomplete, tampered or foreign one
         raises :class:`~worker.errors.SnapshotError` before anything is unpickled."""

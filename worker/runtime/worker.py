@@ -31,6 +31,7 @@ from worker.core.observer import Observer
 from worker.errors import ConfigError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
+from worker.io.models import read_catalog
 from worker.io.topics import require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
 from worker.runtime.handler import Handler
@@ -388,6 +389,7 @@ class Worker:
         else:
             self.engine = Engine(self.engine_config)
             log.info("new engine%s", " (--fresh: stored state ignored)" if self._fresh else "")
+        self.engine.model_source = self._published_model
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
                                 secret=self.settings.secret,
                                 require_signed_commands=self.settings.require_signed_commands,
@@ -409,6 +411,17 @@ class Worker:
                         "writes there, so it is hanging (a commit whose markers the broker lost?): exactly "
                         "once may not hold for it; inspect with kafka-transactions.sh find-hanging",
                         topic, partition, lso, hwm)
+
+    def _published_model(self, version: int) -> Any:
+        """A former champion's model from the `models` topic (None if it is not there),
+        for a rollback to a version the engine no longer keeps in memory."""
+        reader = kafka.reader({**self.settings.kafka.consumer_config(),
+                               "group.id": f"{self.settings.kafka.group}.models-reader"})
+        try:
+            catalog = read_catalog(reader, self.topics.models)
+        finally:
+            reader.close()
+        return catalog.load(version, self.settings.secret) if catalog.published(version) else None
 
     def _all_partitions(self) -> list[TopicPartition]:
         inputs = (self.topics.events, self.topics.labels, self.topics.control)
