@@ -89,6 +89,16 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
         ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
         assert ids == Counter(f"e{i}" for i in range(6500)), "nothing lost, nothing duplicated"
         assert read_all(bootstrap, prefix + "events.dlq") == []
+
+        # a rollback to v1, whose model the scorers no longer hold: they read it again
+        code, lines, stderr = control(bootstrap, prefix, "rollback", "--to-version", "1")
+        assert code == 0, (lines, stderr)
+        for s in scorers:
+            wait_until(lambda s=s: "serving champion v1 (was v2)" in s.log(), 30, "the scorers back on v1")
+        produce(bootstrap, prefix + "events", [event(i) for i in range(6500, 6600)])
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 6600, 60, "6600 predictions")
+        last = {f"e{i}" for i in range(6500, 6600)}
+        assert {p["model_version"] for p in predictions(bootstrap, prefix) if p["id"] in last} == {1}
     finally:
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
     assert codes == [0, 0, 0], [p.log()[-2000:] for p in processes]

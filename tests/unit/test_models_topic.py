@@ -89,3 +89,16 @@ def test_the_engine_says_when_the_warm_up_is_over():
         engine.process(Event(id=f"e{i}", features={"x": float(i)}, label=i % 2 == 0))
         states.append(engine.warmed_up)
     assert states == [False, False, True, True]
+
+
+def test_a_follower_forgets_older_models_but_keeps_their_manifests():
+    catalog = Catalog()
+    for version in (1, 2, 3):
+        for key, value in model_messages(trained_version(version), SECRET, chunk_bytes=500,
+                                         published_labelled=0):
+            catalog.add(key, value)
+    catalog.drop_chunks_below(3)
+    assert [m["version"] for m in catalog.manifests()] == [1, 2, 3]
+    assert catalog.published(1) and catalog.load(3, SECRET) is not None
+    with pytest.raises(SnapshotError, match="missing chunks"):
+        catalog.load(2, SECRET)

@@ -80,6 +80,12 @@ class Catalog:
     def published(self, version: int) -> bool:
         return self._latest.get(f"v{version}".encode()) is not None
 
+    def drop_chunks_below(self, version: int) -> None:
+        """Forget the models of versions older than ``version`` (their manifests stay): a
+        reader that follows the topic keeps its memory to the versions it may still load."""
+        for key in [k for k in self._latest if b"/" in k and _version_of(k) < version]:
+            del self._latest[key]
+
     def load(self, version: int, secret: bytes) -> Any:
         """The model of ``version``; a missing, incomplete, tampered or foreign one
         raises :class:`~worker.errors.SnapshotError` before anything is unpickled."""
@@ -92,6 +98,13 @@ class Catalog:
         if any(part is None for part in parts):
             raise SnapshotError(f"version {version} on the models topic is missing chunks")
         return state.load(join_chunks(parts), secret)
+
+
+def _version_of(key: bytes) -> int:
+    try:
+        return int(key.split(b"/", 1)[0][1:])
+    except ValueError:
+        return -1  # not one of ours
 
 
 def read_catalog(reader: Any, topic: str) -> Catalog:

@@ -32,7 +32,7 @@ from worker.core.types import LifecycleEvent, Prediction
 from worker.errors import BadInputError, ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import decode_command, decode_event, dlq_headers, encode_prediction
-from worker.io.models import read_catalog
+from worker.io.models import Catalog, read_catalog
 from worker.io.topics import require_topics
 from worker.runtime.worker import TXN_CALL_TIMEOUT_S, RunSettings
 
@@ -73,7 +73,12 @@ def _champion_of(value: bytes | None) -> int | None:
 
 
 class ChampionFeed:
-    """Follows ``control`` for the champion's version and loads its model from ``models``."""
+    """Follows ``control`` for the champion's version, and ``models`` for its model.
+
+    Both are followed by consumers of their own, read without waiting on every poll; the
+    models of versions older than the one served are forgotten as they come (a rollback
+    to one of those reads the topic again), so the memory holds about one model.
+    """
 
     def __init__(self, settings: RunSettings) -> None:
         self.settings = settings
@@ -81,47 +86,70 @@ class ChampionFeed:
         self.model: Any = None
         self._wanted: int | None = None
         self._next_try = 0.0
+        self._catalog = Catalog()
         config = settings.kafka.consumer_config()
-        self._control = kafka.consumer({**config, "group.id": f"{settings.kafka.group}.scorers-control"})
-        self._reader_config = {**config, "group.id": f"{settings.kafka.group}.scorers-reader"}
+        group = settings.kafka.group
+        self._control = kafka.consumer({**config, "group.id": f"{group}.scorers-control"})
+        self._models = kafka.consumer({**config, "group.id": f"{group}.scorers-models"})
+        self._reader_config = {**config, "group.id": f"{group}.scorers-reader"}
 
     def start(self) -> None:
+        topics = self.settings.kafka.topics
         reader = kafka.reader(self._reader_config)
         try:
-            self._wanted, end = latest_champion(reader, self.settings.kafka.topics.control)
+            self._wanted, control_end = latest_champion(reader, topics.control)
+            self._catalog, models_end = self._read_models(reader)
         finally:
             reader.close()
-        self._control.assign([TopicPartition(self.settings.kafka.topics.control, 0, end)])
+        self._control.assign([TopicPartition(topics.control, 0, control_end)])
+        self._models.assign([TopicPartition(topics.models, 0, models_end)])
         self._load_when_due()
 
     def poll(self) -> None:
-        """Read what came on control since the last call; switch models when the
-        champion changed (and its model is published)."""
+        """Take what came on control and models since the last call; switch models when
+        the champion changed (and its model is published)."""
         for msg in self._control.consume(num_messages=100, timeout=0):
             if not msg.error():
                 self._wanted = _champion_of(msg.value()) or self._wanted
+        for msg in self._models.consume(num_messages=100, timeout=0):
+            if not msg.error():
+                self._catalog.add(msg.key(), msg.value())
         if self._wanted is not None and self._wanted != self.version:
             self._load_when_due()
 
+    def _read_models(self, reader: Any) -> tuple[Catalog, int]:
+        """The whole ``models`` topic, and the offset where following it goes on."""
+        topic = self.settings.kafka.topics.models
+        _, end = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=TXN_CALL_TIMEOUT_S,
+                                              cached=False)
+        return read_catalog(reader, topic), end  # what came after `end` is read twice: harmless
+
     def _load_when_due(self) -> None:
-        if self._wanted is None or time.monotonic() < self._next_try:
+        wanted = self._wanted
+        if wanted is None or time.monotonic() < self._next_try:
             return
-        reader = kafka.reader(self._reader_config)
         try:
-            catalog = read_catalog(reader, self.settings.kafka.topics.models)
-        finally:
-            reader.close()
-        try:
-            model = catalog.load(self._wanted, self.settings.secret)
+            if not self._catalog.published(wanted):
+                raise SnapshotError(f"version {wanted} is not on the models topic yet")
+            try:
+                model = self._catalog.load(wanted, self.settings.secret)
+            except SnapshotError:  # an older version, forgotten here: read the topic again
+                reader = kafka.reader(self._reader_config)
+                try:
+                    model = self._read_models(reader)[0].load(wanted, self.settings.secret)
+                finally:
+                    reader.close()
         except SnapshotError as e:  # not published yet (the warm-up), or not ours
             self._next_try = time.monotonic() + RETRY_S
-            log.info("champion v%d cannot be served yet: %s", self._wanted, e)
+            log.info("champion v%d cannot be served yet: %s", wanted, e)
             return
-        log.info("serving champion v%d (was v%s)", self._wanted, self.version)
-        self.version, self.model = self._wanted, model
+        log.info("serving champion v%d (was v%s)", wanted, self.version)
+        self.version, self.model = wanted, model
+        self._catalog.drop_chunks_below(wanted)
 
     def close(self) -> None:
         self._control.close()
+        self._models.close()
 
 
 class Scorer:
