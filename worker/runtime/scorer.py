@@ -21,11 +21,12 @@ traffic split, no shadow score (the trainer scores both models on every event).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from typing import Any
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 
 from worker.core.observer import Observer
 from worker.core.types import LifecycleEvent, Prediction
@@ -206,7 +207,8 @@ class Scorer:
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: Any) -> None:
             if self.stopping:
-                raise SystemExit(130)
+                log.warning("second signal: exiting at once")
+                os._exit(130)
             log.info("signal %d: committing, then leaving the group", signum)
             self.stopping = True
 
@@ -284,12 +286,13 @@ class Scorer:
         self._rewind()
 
     def _rewind(self) -> None:
-        """Back to the committed offsets: what the aborted transaction held is served again."""
+        """Back to the committed offsets (the beginning where none was committed yet):
+        what the aborted transaction held is served again."""
         assigned = self._consumer.assignment()
         if assigned:
             for tp in self._consumer.committed(assigned, timeout=TXN_CALL_TIMEOUT_S):
-                if tp.offset >= 0:
-                    self._consumer.seek(tp)
+                self._consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition,
+                                                                             OFFSET_BEGINNING))
         self._handled = 0
 
     def _on_revoke(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
