@@ -10,6 +10,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -162,8 +163,6 @@ def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_i
                 metrics_port, secret, require_signed_commands, fresh, state_dir, kafka_config, role,
                 scorer_id, log_level, **engine_flags) -> None:
     """Serve, evaluate, train and decide on Kafka: the main job."""
-    import socket
-
     from worker.obs import logs
     from worker.runtime.worker import Worker
 
@@ -175,8 +174,7 @@ def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_i
              "snapshot_interval_events": snapshot_interval_events,
              "status_interval_s": status_interval_s, "metrics_port": metrics_port, "secret": secret,
              "state_dir": state_dir, "fresh": fresh,
-             "require_signed_commands": require_signed_commands, "role": role,
-             "scorer_id": scorer_id or socket.gethostname()}
+             "require_signed_commands": require_signed_commands, "role": role, "scorer_id": scorer_id}
     settings = run_settings(config_path, flags, kafka_config)
     if settings.role == "scorer":
         from worker.runtime.scorer import Scorer
@@ -199,6 +197,7 @@ def run_settings(config_path: str | None, flags: dict, kafka_config: tuple[str, 
     values = dict(load_document(config_path).get("run", {}))
     check_keys(values, RUN_KEYS, "[run]")
     values.update({k: v for k, v in flags.items() if v is not None})
+    values.setdefault("scorer_id", socket.gethostname())
     extra = {**values.pop("kafka", {}), **parse_kafka_config(kafka_config)}
     kafka = KafkaSettings(
         bootstrap=values.pop("bootstrap", "127.0.0.1:9092"), group=values.pop("group", "worker"),

@@ -310,3 +310,16 @@ def test_roles_and_scorer_ids():
     for bad in ("", "a b", "x" * 101, "ü"):
         with pytest.raises(ConfigError, match="scorer_id"):
             RunSettings(kafka=kafka, secret=b"s", scorer_id=bad)
+
+
+def test_the_scorer_id_comes_from_the_flag_the_run_table_or_the_host_name(tmp_path):
+    import socket
+
+    from worker.cli import run_settings
+
+    config = tmp_path / "worker.toml"
+    config.write_text('[run]\nsecret = "s"\nrole = "scorer"\nscorer_id = "from-toml"\n')
+    assert run_settings(str(config), {}, ()).scorer_id == "from-toml"
+    assert run_settings(str(config), {"scorer_id": "from-flag"}, ()).scorer_id == "from-flag"
+    config.write_text('[run]\nsecret = "s"\n')
+    assert run_settings(str(config), {"scorer_id": None}, ()).scorer_id == socket.gethostname()
