@@ -309,7 +309,8 @@ def test_roles_and_scorer_ids():
         RunSettings(kafka=kafka, secret=b"s", role="reader")
     for bad in ("", "a b", "x" * 101, "ü"):
         with pytest.raises(ConfigError, match="scorer_id"):
-            RunSettings(kafka=kafka, secret=b"s", scorer_id=bad)
+            RunSettings(kafka=kafka, secret=b"s", role="scorer", scorer_id=bad)
+        assert RunSettings(kafka=kafka, secret=b"s", scorer_id=bad).role == "all"  # not used: not checked
 
 
 def test_the_scorer_id_comes_from_the_flag_the_run_table_or_the_host_name(tmp_path):

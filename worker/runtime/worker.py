@@ -73,7 +73,8 @@ class RunSettings:
             raise ConfigError("a secret is required to sign snapshots (--secret or WORKER_SECRET)")
         if self.role not in ROLES:
             raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
-        if not isinstance(self.scorer_id, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", self.scorer_id):
+        valid_id = isinstance(self.scorer_id, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,100}", self.scorer_id)
+        if self.role == "scorer" and not valid_id:  # only scorers use it (a host name may not fit)
             raise ConfigError(f"scorer_id must be 1-100 of A-Z a-z 0-9 . _ -; got {self.scorer_id!r}")
         for name in ("commit_interval_events", "snapshot_interval_events"):
             n = getattr(self, name)
