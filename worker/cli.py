@@ -47,10 +47,15 @@ ENGINE_OPTIONS = [
 ]
 
 
-def engine_options(command):
-    for option in reversed(ENGINE_OPTIONS):
+def _with(options, command):
+    """Apply click options in the order they are listed (the order --help shows)."""
+    for option in reversed(options):
         command = option(command)
     return command
+
+
+def engine_options(command):
+    return _with(ENGINE_OPTIONS, command)
 
 
 def load_document(config_path: str | None) -> dict:
@@ -214,22 +219,24 @@ def run_settings(config_path: str | None, flags: dict, kafka_config: tuple[str, 
 # --------------------------------------------------------------------------- worker control
 
 
+CONNECTION_OPTIONS = [  # a client of a deployment's topics: `worker control`, `worker models`
+    click.option("--bootstrap", envvar="WORKER_BOOTSTRAP", default="127.0.0.1:9092", show_default=True),
+    click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default=""),
+    click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
+                 metavar="KEY=VALUE"),
+]
+
+
 def control_options(command):
-    options = [
-        click.option("--bootstrap", envvar="WORKER_BOOTSTRAP", default="127.0.0.1:9092", show_default=True),
-        click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default=""),
+    return _with([
+        *CONNECTION_OPTIONS,
         click.option("--secret", envvar="WORKER_SECRET", help="Sign the command with this secret."),
         click.option("--expected-champion", type=int, help="Reject unless this version is the champion."),
         click.option("--reason", default="", help="Why (kept in the control log)."),
         click.option("--issued-by", envvar="USER", default="operator", show_default=True),
         click.option("--wait", "wait_s", type=float, default=30.0, show_default=True,
                      help="Seconds to wait for the worker's answer."),
-        click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
-                     metavar="KEY=VALUE"),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    ], command)
 
 
 @cli.group("control")
@@ -383,20 +390,11 @@ def topics_create(
 
 
 def models_options(command):
-    options = [
-        click.option("--bootstrap", envvar="WORKER_BOOTSTRAP", default="127.0.0.1:9092", show_default=True),
-        click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default=""),
-        click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
-                     metavar="KEY=VALUE"),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with(CONNECTION_OPTIONS, command)
 
 
 def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...]):
-    from worker.io import kafka
-    from worker.io.models import read_catalog
+    from worker.io.models import read_models
     from worker.io.topics import require_topics
     from worker.settings import KafkaSettings, parse_kafka_config
 
@@ -404,11 +402,7 @@ def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...
                              extra=parse_kafka_config(kafka_config))
     topic = settings.topics.models
     require_topics(settings.admin_config(), [topic])
-    reader = kafka.reader({**settings.admin_config(), "group.id": "worker-models-cli"})
-    try:
-        return read_catalog(reader, topic)
-    finally:
-        reader.close()
+    return read_models({**settings.admin_config(), "group.id": "worker-models-cli"}, topic)
 
 
 @cli.group("models")

@@ -395,7 +395,7 @@ class Engine:
         self._prev = self.probation = None
         bad.detector = None
         self.registry.retire(bad.version, keep_model=True)
-        restored.detector = ErrorDetector(parse_detector(self.config.detector))
+        restored.detector = self._new_detector()
         self._champ = restored
         self._take_role(restored, "champion")
         self._transition_at = self.counts["labelled"]
@@ -460,8 +460,11 @@ class Engine:
         mv = self.registry.create(spec, model=model, parent=parent, reason=reason,
                                   labelled=self.counts["labelled"], ts=self._ts)
         mv.metrics = Prequential(self.config.window, self.config.fading)
-        mv.detector = ErrorDetector(parse_detector(self.config.detector))
+        mv.detector = self._new_detector()
         return mv
+
+    def _new_detector(self) -> ErrorDetector:
+        return ErrorDetector(parse_detector(self.config.detector))
 
     def _take_role(self, mv: ModelVersion, role: str) -> None:
         mv.roles.append(role)

@@ -171,6 +171,19 @@ def unstable_partitions(config: dict[str, Any], partitions: list[TopicPartition]
             client.close()
 
 
+def retrying(call: Callable[[float], Any], timeout_s: float) -> None:
+    """``call(timeout_s)`` (a transactional call such as ``commit_transaction``), again
+    while librdkafka says its error is retriable: the broker is away for a while."""
+    while True:
+        try:
+            call(timeout_s)
+            return
+        except KafkaException as e:
+            if not e.args[0].retriable():
+                raise
+            log.warning("broker not answering (%s); retrying %s", e.args[0].str(), call.__name__)
+
+
 STUCK = KafkaError._TIMED_OUT_QUEUE  # our code for "a call outlived its timeout"
 
 

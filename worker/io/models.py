@@ -39,6 +39,7 @@ from worker.core import state
 from worker.core.chunks import join_chunks, split_chunks
 from worker.core.registry import ModelVersion
 from worker.errors import SnapshotError
+from worker.io.kafka import read_range, reader
 
 
 def model_messages(mv: ModelVersion, secret: bytes, *, chunk_bytes: int,
@@ -110,6 +111,14 @@ def _version_of(key: bytes) -> int:
 def read_catalog(reader: Any, topic: str) -> Catalog:
     """Read the whole ``models`` topic (``reader`` from :func:`worker.io.kafka.reader`,
     which reads committed messages only: never half a transaction)."""
-    from worker.io.kafka import read_range
-
     return Catalog((msg.key(), msg.value()) for msg in read_range(reader, topic, 0, 0))
+
+
+def read_models(config: dict[str, Any], topic: str) -> Catalog:
+    """:func:`read_catalog` with a reader of its own (``config``: a consumer's, with a
+    ``group.id``)."""
+    client = reader(config)
+    try:
+        return read_catalog(client, topic)
+    finally:
+        client.close()

@@ -21,8 +21,6 @@ traffic split, no shadow score (the trainer scores both models on every event).
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from typing import Any
 
@@ -33,9 +31,9 @@ from worker.core.types import LifecycleEvent, Prediction
 from worker.errors import BadInputError, ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import decode_command, decode_event, dlq_headers, encode_prediction
-from worker.io.models import Catalog, read_catalog
+from worker.io.models import Catalog, read_catalog, read_models
 from worker.io.topics import require_topics
-from worker.runtime.worker import TXN_CALL_TIMEOUT_S, RunSettings
+from worker.runtime.worker import TXN_CALL_TIMEOUT_S, Fenced, RunSettings, install_stop_signals
 
 log = logging.getLogger("worker.scorer")
 
@@ -43,16 +41,12 @@ CONTROL_SCAN = 1000  # control messages read per step back from its end, looking
 RETRY_S = 1.0  # between attempts to load a champion that is not on `models` yet
 
 
-class Fenced(WorkerError):
-    """Another scorer with the same id took over."""
-
-
 def latest_champion(reader: Any, topic: str) -> tuple[int | None, int]:
     """(the champion the last lifecycle event on ``topic`` names, or None; the end offset).
 
     Reads back from the end, ``CONTROL_SCAN`` messages at a time, so a long control log
     costs only its tail."""
-    _, end = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=TXN_CALL_TIMEOUT_S, cached=False)
+    end = _end(reader, topic)
     last = end - 1
     while last >= 0:
         first = max(0, last - CONTROL_SCAN + 1)
@@ -63,6 +57,12 @@ def latest_champion(reader: Any, topic: str) -> tuple[int | None, int]:
             return champion, end
         last = first - 1
     return None, end
+
+
+def _end(reader: Any, topic: str) -> int:
+    """Where a one-partition topic's committed messages end (a read_committed reader's
+    high watermark is the last stable offset)."""
+    return reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=TXN_CALL_TIMEOUT_S, cached=False)[1]
 
 
 def _champion_of(value: bytes | None) -> int | None:
@@ -99,7 +99,8 @@ class ChampionFeed:
         reader = kafka.reader(self._reader_config)
         try:
             self._wanted, control_end = latest_champion(reader, topics.control)
-            self._catalog, models_end = self._read_models(reader)
+            models_end = _end(reader, topics.models)  # what comes after it is read twice: harmless
+            self._catalog = read_catalog(reader, topics.models)
         finally:
             reader.close()
         self._control.assign([TopicPartition(topics.control, 0, control_end)])
@@ -118,13 +119,6 @@ class ChampionFeed:
         if self._wanted is not None and self._wanted != self.version:
             self._load_when_due()
 
-    def _read_models(self, reader: Any) -> tuple[Catalog, int]:
-        """The whole ``models`` topic, and the offset where following it goes on."""
-        topic = self.settings.kafka.topics.models
-        _, end = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=TXN_CALL_TIMEOUT_S,
-                                              cached=False)
-        return read_catalog(reader, topic), end  # what came after `end` is read twice: harmless
-
     def _load_when_due(self) -> None:
         wanted = self._wanted
         if wanted is None or time.monotonic() < self._next_try:
@@ -135,11 +129,8 @@ class ChampionFeed:
             try:
                 model = self._catalog.load(wanted, self.settings.secret)
             except SnapshotError:  # an older version, forgotten here: read the topic again
-                reader = kafka.reader(self._reader_config)
-                try:
-                    model = self._read_models(reader)[0].load(wanted, self.settings.secret)
-                finally:
-                    reader.close()
+                catalog = read_models(self._reader_config, self.settings.kafka.topics.models)
+                model = catalog.load(wanted, self.settings.secret)
         except SnapshotError as e:  # not published yet (the warm-up), or not ours
             self._next_try = time.monotonic() + RETRY_S
             log.info("champion v%d cannot be served yet: %s", wanted, e)
@@ -172,7 +163,7 @@ class Scorer:
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (commit, leave the group, exit) or a fatal error."""
         self._check()
-        self._install_signals()
+        install_stop_signals(self, "committing, then leaving the group")
         kafka_settings, group = self.settings.kafka, self.settings.kafka.group
         txn_id = f"worker-{group}-scorer-{self.settings.scorer_id}"
         self._producer = kafka.producer({**kafka_settings.producer_config(), "transactional.id": txn_id})
@@ -203,17 +194,6 @@ class Scorer:
         names = self.topics
         needed = [names.events, names.predictions, names.control, names.models, names.dlq]
         require_topics(self.settings.kafka.admin_config(), needed)
-
-    def _install_signals(self) -> None:
-        def stop(signum: int, _frame: Any) -> None:
-            if self.stopping:
-                log.warning("second signal: exiting at once")
-                os._exit(130)
-            log.info("signal %d: committing, then leaving the group", signum)
-            self.stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
 
     def _step(self) -> None:
         deadline = time.monotonic() + self.settings.kafka.commit_interval_ms / 1000
@@ -261,14 +241,7 @@ class Scorer:
         try:
             kafka.call_bounded(self._producer.send_offsets_to_transaction, positions,
                                self._consumer.consumer_group_metadata(), TXN_CALL_TIMEOUT_S)
-            while True:
-                try:
-                    self._producer.commit_transaction(TXN_CALL_TIMEOUT_S)
-                    break
-                except KafkaException as e:
-                    if not e.args[0].retriable():
-                        raise
-                    log.warning("broker not answering (%s); retrying the commit", e.args[0].str())
+            kafka.retrying(self._producer.commit_transaction, TXN_CALL_TIMEOUT_S)
         except KafkaException as e:
             self._on_commit_error(e.args[0])
         self._handled = 0

@@ -31,7 +31,7 @@ from worker.core.observer import Observer
 from worker.errors import ConfigError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
-from worker.io.models import read_catalog
+from worker.io.models import read_models
 from worker.io.topics import require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
 from worker.runtime.handler import Handler
@@ -47,6 +47,21 @@ HEARTBEAT_S = 2.0  # an idle exactly-once worker commits this often, to notice a
 
 class Fenced(WorkerError):
     """A newer instance with the same transactional.id took over."""
+
+
+def install_stop_signals(owner: Any, what_next: str) -> None:
+    """SIGTERM/SIGINT set ``owner.stopping`` (its loop finishes cleanly); a second one
+    exits at once."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        if owner.stopping:
+            log.warning("second signal: exiting at once")
+            os._exit(130)
+        log.info("signal %d: %s", signum, what_next)
+        owner.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,7 @@ class Worker:
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (finish the interval, commit, exit) or a fatal error."""
         self._check_topics()
-        self._install_signals()
+        install_stop_signals(self, "finishing the batch, committing, then exiting")
         config = {**self.settings.kafka.consumer_config(), "error_cb": self._on_client_error}
         self._consumer = kafka.consumer(config)
         self._control_consumer = kafka.consumer(config)  # the same group: one set of offsets
@@ -180,17 +195,6 @@ class Worker:
         for consumer in (self._consumer, self._control_consumer):
             if consumer is not None:
                 consumer.close()
-
-    def _install_signals(self) -> None:
-        def stop(signum: int, _frame: Any) -> None:
-            if self.stopping:
-                log.warning("second signal: exiting at once")
-                os._exit(130)
-            log.info("signal %d: finishing the batch, committing, then exiting", signum)
-            self.stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
 
     def _check_topics(self) -> None:
         require_topics(self.settings.kafka.admin_config(), self.topics.all())
@@ -324,20 +328,9 @@ class Worker:
         if positions:
             metadata = self._consumer.consumer_group_metadata()
             kafka.call_bounded(producer.send_offsets_to_transaction, positions, metadata, OFFSETS_TIMEOUT_S)
-        self._retrying(producer.commit_transaction)
+        kafka.retrying(producer.commit_transaction, TXN_CALL_TIMEOUT_S)
         self.broker_unreachable = False
         producer.begin_transaction()
-
-    def _retrying(self, call: Any) -> None:
-        """Retry a transactional call while librdkafka says the error is retriable."""
-        while True:
-            try:
-                call(TXN_CALL_TIMEOUT_S)
-                return
-            except KafkaException as e:
-                if not e.args[0].retriable():
-                    raise
-                log.warning("broker not answering (%s); retrying the commit", e.args[0].str())
 
     # --- recovery ------------------------------------------------------------------------
 
@@ -416,12 +409,9 @@ class Worker:
     def _published_model(self, version: int) -> Any:
         """A former champion's model from the `models` topic (None if it is not there),
         for a rollback to a version the engine no longer keeps in memory."""
-        reader = kafka.reader({**self.settings.kafka.consumer_config(),
-                               "group.id": f"{self.settings.kafka.group}.models-reader"})
-        try:
-            catalog = read_catalog(reader, self.topics.models)
-        finally:
-            reader.close()
+        kafka_settings = self.settings.kafka
+        config = {**kafka_settings.consumer_config(), "group.id": f"{kafka_settings.group}.models-reader"}
+        catalog = read_models(config, self.topics.models)
         return catalog.load(version, self.settings.secret) if catalog.published(version) else None
 
     def _all_partitions(self) -> list[TopicPartition]:
