@@ -128,7 +128,7 @@ def _count_lines(path: Path) -> int:
 RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_ms", "snapshot_interval_s",
             "transaction_timeout_ms", "metrics_port", "secret", "require_signed_commands", "state_dir",
             "max_batch", "fresh", "status_interval_s", "commit_interval_events", "snapshot_interval_events",
-            "role", "scorer_id", "kafka"}
+            "role", "scorer_id", "models_retain", "kafka"}
 
 
 @cli.command("run")
@@ -162,11 +162,14 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
               help="all: one process does everything; trainer + scorers: scale-out [all].")
 @click.option("--scorer-id", envvar="WORKER_SCORER_ID",
               help="--role scorer: a stable name per scorer (its transactional.id) [the host name].")
+@click.option("--models-retain", envvar="WORKER_MODELS_RETAIN", type=click.IntRange(min=0),
+              help="Champions kept on the models topic (older ones are pruned; never the serving "
+                   "one); 0: all [100].")
 @click.option("--log-level", envvar="WORKER_LOG_LEVEL", default="info", show_default=True)
 def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_interval_ms,
                 commit_interval_events, snapshot_interval_s, snapshot_interval_events, status_interval_s,
                 metrics_port, secret, require_signed_commands, fresh, state_dir, kafka_config, role,
-                scorer_id, log_level, **engine_flags) -> None:
+                scorer_id, models_retain, log_level, **engine_flags) -> None:
     """Serve, evaluate, train and decide on Kafka: the main job."""
     from worker.obs import logs
     from worker.runtime.worker import Worker
@@ -179,7 +182,8 @@ def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_i
              "snapshot_interval_events": snapshot_interval_events,
              "status_interval_s": status_interval_s, "metrics_port": metrics_port, "secret": secret,
              "state_dir": state_dir, "fresh": fresh,
-             "require_signed_commands": require_signed_commands, "role": role, "scorer_id": scorer_id}
+             "require_signed_commands": require_signed_commands, "role": role, "scorer_id": scorer_id,
+             "models_retain": models_retain}
     settings = run_settings(config_path, flags, kafka_config)
     if settings.role == "scorer":
         from worker.runtime.scorer import Scorer

@@ -149,3 +149,50 @@ def test_a_rollback_reaches_a_champion_the_worker_no_longer_keeps(bootstrap, uni
     assert len(served) == 100 and {p["model_version"] for p in served} == {1}
     for p in served:
         assert v1.predict_proba_one(later[p["id"]]) == {False: p["proba"]["false"], True: p["proba"]["true"]}
+
+
+def test_old_champions_are_pruned_from_the_topic_and_stay_pruned(bootstrap, unique, tmp_path):
+    """--models-retain 2: after three promotions only v3 and v4 stay on `models` (v1 and v2
+    get tombstones); a rollback to v1, which is neither in memory nor on the topic any
+    more, is rejected saying so; a restarted worker publishes no pruned version again;
+    one restarted with --fresh prunes the old lineage before it publishes its own v1."""
+    prefix = unique("models-prune") + "."
+    create_all_topics(bootstrap, prefix, 2)
+    config = tmp_path / "worker.toml"
+    config.write_text('[engine]\npolicy = "manual"\nwarmup_labels = 100\nretain_versions = 1\n')
+    args = ("--config", str(config), "--models-retain", "2")
+    with running(bootstrap, prefix, tmp_path / "worker.log", *args):
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
+        wait_until(lambda: versions(bootstrap, prefix) == [1], 60, "v1 published")
+        for champion in (1, 2, 3):
+            code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", str(champion))
+            assert code == 0, (lines, stderr)
+        assert versions(bootstrap, prefix) == [3, 4]
+        code, lines, _ = control(bootstrap, prefix, "rollback", "--to-version", "1")
+        assert code == 1
+        [rejected] = [line for line in lines if line["type"] == "command_rejected"]
+        assert "version 1 was pruned from the models topic" in rejected["detail"]["reason"], rejected
+
+    def latest_values() -> dict[str, bytes | None]:
+        return {msg.key().decode(): msg.value() for msg in read_all(bootstrap, prefix + "models")}
+
+    latest = latest_values()
+    assert {key for key, value in latest.items() if value is None} == {"v1", "v1/0", "v2", "v2/0"}
+    assert {key for key, value in latest.items() if value is not None} == {"v3", "v3/0", "v4", "v4/0"}
+    written = len(read_all(bootstrap, prefix + "models"))
+
+    with running(bootstrap, prefix, tmp_path / "worker-2.log", *args):
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300, 400)])
+        wait_until(lambda: len(read_all(bootstrap, prefix + "predictions")) >= 400, 60, "400 predictions")
+    assert versions(bootstrap, prefix) == [3, 4]
+    assert len(read_all(bootstrap, prefix + "models")) == written, "the restart wrote nothing to models"
+
+    with running(bootstrap, prefix, tmp_path / "worker-3.log", *args, "--fresh") as fresh:
+        pruning = "pruning the 2 versions of the previous engine"
+        wait_until(lambda: pruning in fresh.log(), 30, "pruning logged")
+        produce(bootstrap, prefix + "events", [event(i) for i in range(400, 600)])
+        wait_until(lambda: versions(bootstrap, prefix) == [1], 60, "the new v1 published")
+    latest = latest_values()
+    assert {key for key, value in latest.items() if value is not None} == {"v1", "v1/0"}
+    [manifest] = published(bootstrap, prefix)
+    assert manifest["created_labelled"] == 0 and manifest["published_labelled"] >= 100, manifest

@@ -10,7 +10,7 @@ from worker.core.engine import Engine
 from worker.core.registry import ModelVersion
 from worker.core.types import Event
 from worker.errors import SnapshotError
-from worker.io.models import Catalog, model_messages
+from worker.io.models import Catalog, model_messages, tombstones, versions_to_prune
 
 SECRET = b"models secret"
 
@@ -78,7 +78,7 @@ def test_a_deleted_version_is_gone_and_foreign_keys_are_ignored():
     messages = model_messages(trained_version(3), SECRET, chunk_bytes=500, published_labelled=0)
     catalog = Catalog([*messages, (b"v3", None), (None, b"no key"), (b"vnot-json", b"{")])
     assert catalog.manifests() == []
-    with pytest.raises(SnapshotError, match="not on the models topic"):
+    with pytest.raises(SnapshotError, match="version 3 was pruned from the models topic"):
         catalog.load(3, SECRET)
 
 
@@ -102,3 +102,32 @@ def test_a_follower_forgets_older_models_but_keeps_their_manifests():
     assert catalog.published(1) and catalog.load(3, SECRET) is not None
     with pytest.raises(SnapshotError, match="missing chunks"):
         catalog.load(2, SECRET)
+
+
+def test_a_pruned_version_is_gone_and_says_so():
+    messages = [*model_messages(trained_version(2), SECRET, chunk_bytes=500, published_labelled=3),
+                *model_messages(trained_version(3), SECRET, chunk_bytes=500, published_labelled=9)]
+    chunks = sum(1 for key, _ in messages if key.startswith(b"v2/"))
+    pruning = tombstones(2, chunks)
+    assert pruning[0] == (b"v2", None), "the manifest goes first: never a manifest without its chunks"
+    v2_chunks = sorted(key for key, _ in messages if key.startswith(b"v2/"))
+    assert sorted(key for key, _ in pruning[1:]) == v2_chunks
+
+    catalog = Catalog([*messages, *pruning])
+    assert [m["version"] for m in catalog.manifests()] == [3]
+    assert catalog.pruned(2) and not catalog.published(2)
+    assert not catalog.pruned(3) and not catalog.pruned(7), "published or never there: not pruned"
+    with pytest.raises(SnapshotError, match="version 2 was pruned from the models topic"):
+        catalog.load(2, SECRET)
+    assert catalog.load(3, SECRET) is not None
+
+
+@pytest.mark.parametrize(("on_topic", "keep", "champion", "pruned"), [
+    ([1, 2, 3], 3, 3, []),  # within the limit
+    ([3, 1, 4, 2], 2, 4, [1, 2]),  # the oldest go, in any order of publication
+    ([1, 2, 3, 4], 2, 1, [2]),  # after a rollback to v1: the serving champion stays
+    ([1, 2, 3, 4], 1, 4, [1, 2, 3]),
+    (list(range(1, 500)), 0, 499, []),  # 0: keep all
+])
+def test_versions_beyond_the_retention_are_pruned_but_never_the_champion(on_topic, keep, champion, pruned):
+    assert versions_to_prune(on_topic, keep, champion) == pruned

@@ -16,6 +16,12 @@ a restart — replaces itself):
   when (labelled-event count) it was published. It is written after its chunks, in the
   same transaction when the worker runs exactly once.
 
+Compaction alone would keep every version ever published (a drifting stream can see
+thousands of promotions a day, and a grown tree weighs megabytes), so the worker
+prunes: after each publication it writes tombstones (``None`` values) for the manifest
+and chunks of the versions beyond the ``models_retain`` most recent ones
+(:func:`versions_to_prune`, :func:`tombstones`), never the serving champion.
+
 >>> from worker.core.registry import ModelVersion
 >>> mv = ModelVersion(3, "linear_model.LogisticRegression", 2, "promoted", 700, None, {"w": 1.0})
 >>> messages = model_messages(mv, b"s3cret", chunk_bytes=64, published_labelled=900)
@@ -81,6 +87,12 @@ class Catalog:
     def published(self, version: int) -> bool:
         return self._latest.get(f"v{version}".encode()) is not None
 
+    def pruned(self, version: int) -> bool:
+        """Whether ``version`` was published and then pruned (its manifest's tombstone is
+        still on the topic: compaction removes tombstones after ``delete.retention.ms``)."""
+        key = f"v{version}".encode()
+        return key in self._latest and self._latest[key] is None
+
     def drop_chunks_below(self, version: int) -> None:
         """Forget the models of versions older than ``version`` (their manifests stay): a
         reader that follows the topic keeps its memory to the versions it may still load."""
@@ -91,6 +103,9 @@ class Catalog:
         """The model of ``version``; a missing, incomplete, tampered or foreign one
         raises :class:`~worker.errors.SnapshotError` before anything is unpickled."""
         manifest = self._latest.get(f"v{version}".encode())
+        if manifest is None and self.pruned(version):
+            raise SnapshotError(f"version {version} was pruned from the models topic (the worker keeps "
+                                "the most recent ones: models_retain)")
         if manifest is None:
             known = ", ".join(str(m["version"]) for m in self.manifests()) or "none"
             raise SnapshotError(f"version {version} is not on the models topic (published: {known})")
@@ -101,6 +116,28 @@ class Catalog:
         return state.load(join_chunks(parts), secret)
 
 
+def versions_to_prune(on_topic: Iterable[int], keep: int, champion: int) -> list[int]:
+    """The versions whose models leave the topic: all but the ``keep`` highest (the most
+    recently promoted), and never the ``champion`` (after a rollback it may be an old
+    one). ``keep = 0`` keeps everything.
+
+    >>> versions_to_prune([1, 2, 3, 4, 5], keep=2, champion=2)
+    [1, 3]
+    >>> versions_to_prune([1, 2], keep=0, champion=2)
+    []
+    """
+    if keep == 0:
+        return []
+    older = sorted(on_topic)[:-keep]
+    return [v for v in older if v != champion]
+
+
+def tombstones(version: int, chunks: int) -> list[tuple[bytes, None]]:
+    """The messages that prune ``version``: its manifest first, so that no reader ever
+    sees a manifest whose chunks are gone, then its ``chunks`` chunks."""
+    return [(f"v{version}".encode(), None), *((f"v{version}/{i}".encode(), None) for i in range(chunks))]
+
+
 def _version_of(key: bytes) -> int:
     try:
         return int(key.split(b"/", 1)[0][1:])
@@ -108,17 +145,21 @@ def _version_of(key: bytes) -> int:
         return -1  # not one of ours
 
 
-def read_catalog(reader: Any, topic: str) -> Catalog:
+def read_catalog(reader: Any, topic: str, *, manifests_only: bool = False) -> Catalog:
     """Read the whole ``models`` topic (``reader`` from :func:`worker.io.kafka.reader`,
-    which reads committed messages only: never half a transaction)."""
-    return Catalog((msg.key(), msg.value()) for msg in read_range(reader, topic, 0, 0))
+    which reads committed messages only: never half a transaction). ``manifests_only``
+    keeps no model bytes: which versions are there, not what they hold."""
+    messages = ((msg.key(), msg.value()) for msg in read_range(reader, topic, 0, 0))
+    if manifests_only:
+        messages = ((key, value) for key, value in messages if key is not None and b"/" not in key)
+    return Catalog(messages)
 
 
-def read_models(config: dict[str, Any], topic: str) -> Catalog:
+def read_models(config: dict[str, Any], topic: str, *, manifests_only: bool = False) -> Catalog:
     """:func:`read_catalog` with a reader of its own (``config``: a consumer's, with a
     ``group.id``)."""
     client = reader(config)
     try:
-        return read_catalog(client, topic)
+        return read_catalog(client, topic, manifests_only=manifests_only)
     finally:
         client.close()

@@ -27,7 +27,7 @@ from worker.io.codec import (
     encode_prediction,
     verify_command,
 )
-from worker.io.models import model_messages
+from worker.io.models import model_messages, tombstones, versions_to_prune
 from worker.settings import TopicNames
 
 log = logging.getLogger("worker.run")
@@ -38,7 +38,8 @@ class Handler:
 
     def __init__(self, engine: Engine, producer: Producer | None, topics: TopicNames, *, limits: Limits,
                  secret: bytes, require_signed_commands: bool, chunk_bytes: int = 1_000_000,
-                 serve: bool = True) -> None:
+                 serve: bool = True, models_retain: int = 0,
+                 models_on_topic: dict[int, int] | None = None) -> None:
         self.engine = engine
         # False for `--role trainer`: scorers write the predictions and dead-letter bad
         # events (ARCHITECTURE.md §5); the trainer still learns from every event.
@@ -51,7 +52,10 @@ class Handler:
         self.chunk_bytes = chunk_bytes
         self.dead_letters = 0
         self._last_bad_log = 0.0
-        self._published: set[int] = set()  # versions this instance wrote to `models`
+        # Versions on `models` (version → its number of chunks), as read at start and
+        # written since; at most `models_retain` of them (0: no limit) plus the champion.
+        self.models_on_topic = dict(models_on_topic or {})
+        self.models_retain = models_retain
 
     def handle(self, msg: Message, emit: bool) -> None:
         topic = msg.topic()
@@ -102,20 +106,29 @@ class Handler:
         self.publish_champion()
 
     def publish_champion(self) -> None:
-        """Write the champion to `models` (:mod:`worker.io.models`) unless this instance
-        already did; not during the warm-up (version 1 is still learning then). Called
-        whenever lifecycle events are written, so no champion is missed: a message
-        changes the champion at most once. A restarted instance publishes the current
-        champion again (the same keys: compaction keeps one)."""
+        """Write the champion to `models` (:mod:`worker.io.models`) unless it is there;
+        not during the warm-up (version 1 is still learning then). Called whenever
+        lifecycle events are written, so no champion is missed: a message changes the
+        champion at most once. Each publication prunes the versions beyond
+        ``models_retain``, in the same transaction."""
         engine = self.engine
         version = engine.champion
-        if version in self._published or not engine.warmed_up:
+        if version in self.models_on_topic or not engine.warmed_up:
             return
         mv = engine.registry[version]
-        for key, value in model_messages(mv, self.secret, chunk_bytes=self.chunk_bytes,
-                                         published_labelled=engine.counts["labelled"]):
+        messages = model_messages(mv, self.secret, chunk_bytes=self.chunk_bytes,
+                                  published_labelled=engine.counts["labelled"])
+        for key, value in messages:
             self.producer.produce(self.topics.models, key=key, value=value)
-        self._published.add(version)
+        self.models_on_topic[version] = len(messages) - 1  # all but the manifest
+        self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, version))
+
+    def prune_models(self, versions: list[int]) -> None:
+        """Write the tombstones of these versions on `models` (the worker also prunes all of
+        them when a new engine starts: its numbering starts again at v1)."""
+        for version in versions:
+            for key, value in tombstones(version, self.models_on_topic.pop(version)):
+                self.producer.produce(self.topics.models, key=key, value=value)
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         position = (msg.topic(), msg.partition(), msg.offset())

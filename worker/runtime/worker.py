@@ -31,7 +31,7 @@ from worker.core.observer import Observer
 from worker.errors import ConfigError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
-from worker.io.models import read_models
+from worker.io.models import Catalog, read_models
 from worker.io.topics import require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
 from worker.runtime.handler import Handler
@@ -82,6 +82,7 @@ class RunSettings:
     snapshot_interval_events: int = 0  # also snapshot after this many events; 0: time only
     role: str = "all"  # or "trainer" / "scorer" (ARCHITECTURE.md §5)
     scorer_id: str = "scorer"  # --role scorer: names its transactional.id
+    models_retain: int = 100  # champions kept on the `models` topic (and the serving one); 0: all
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -91,10 +92,10 @@ class RunSettings:
         valid_id = isinstance(self.scorer_id, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,100}", self.scorer_id)
         if self.role == "scorer" and not valid_id:  # only scorers use it (a host name may not fit)
             raise ConfigError(f"scorer_id must be 1-100 of A-Z a-z 0-9 . _ -; got {self.scorer_id!r}")
-        for name in ("commit_interval_events", "snapshot_interval_events"):
+        for name in ("commit_interval_events", "snapshot_interval_events", "models_retain"):
             n = getattr(self, name)
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise ConfigError(f"{name} must be a whole number of events >= 0 (0: off), got {n!r}")
+                raise ConfigError(f"{name} must be a whole number >= 0 (0: off), got {n!r}")
         s = self.status_interval_s
         if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s < float("inf"):
             raise ConfigError(f"status_interval_s must be a number of seconds >= 0 (0: off), got {s!r}")
@@ -128,6 +129,7 @@ class Worker:
         self._handler: Handler | None = None
         self.instance = uuid.uuid4().hex
         self._fresh = settings.fresh  # only the first start discards the stored state
+        self._new_lineage = False  # the engine was not restored: its versions restart at v1
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -174,8 +176,13 @@ class Worker:
         if self.exactly_once:
             self._warn_unstable_outputs()
             self._producer.begin_transaction()
-        # the current champion once more: its first publication may predate models on
-        # the topic (an older release) or the topic's retention; the same keys replace it
+        stale = sorted(self._handler.models_on_topic) if self._new_lineage else []
+        if stale:  # another engine's versions: v1 of ours must not be taken for theirs
+            log.warning("new engine: pruning the %d versions of the previous engine from %s (v%d-v%d)",
+                        len(stale), self.topics.models, stale[0], stale[-1])
+            self._handler.prune_models(stale)
+        # the current champion, unless the topic has it: its first publication may
+        # predate models on the topic (an older release) or have been aborted
         self._handler.publish_champion()
         if self.exactly_once:
             self._commit(force_snapshot=True)  # a fresh baseline: recovery never replays twice
@@ -376,7 +383,8 @@ class Worker:
         return kafka.committed(self._consumer, self._all_partitions())
 
     def _new_engine(self, snapshot: bytes | None) -> None:
-        if snapshot is not None and not self._fresh:
+        self._new_lineage = snapshot is None or self._fresh
+        if not self._new_lineage:
             self.engine = Engine.restore(snapshot, self.settings.secret, self.engine_config)
             log.info("restored engine: champion v%d, challenger v%s, %d events seen",
                      self.engine.champion, self.engine.challenger, self.engine.counts["events"])
@@ -384,10 +392,13 @@ class Worker:
             self.engine = Engine(self.engine_config)
             log.info("new engine%s", " (--fresh: stored state ignored)" if self._fresh else "")
         self.engine.model_source = self._published_model
+        on_topic = {m["version"]: m["chunks"] for m in self._models().manifests()}
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
                                 secret=self.settings.secret,
                                 require_signed_commands=self.settings.require_signed_commands,
-                                chunk_bytes=self.settings.chunk_bytes, serve=self.settings.role == "all")
+                                chunk_bytes=self.settings.chunk_bytes, serve=self.settings.role == "all",
+                                models_retain=self.settings.models_retain,
+                                models_on_topic=on_topic)
 
     def _warn_unstable_outputs(self) -> None:
         """Say so when a topic only this worker writes has an open transaction right
@@ -406,13 +417,18 @@ class Worker:
                         "once may not hold for it; inspect with kafka-transactions.sh find-hanging",
                         topic, partition, lso, hwm)
 
-    def _published_model(self, version: int) -> Any:
-        """A former champion's model from the `models` topic (None if it is not there),
-        for a rollback to a version the engine no longer keeps in memory."""
+    def _models(self, manifests_only: bool = True) -> Catalog:
         kafka_settings = self.settings.kafka
         config = {**kafka_settings.consumer_config(), "group.id": f"{kafka_settings.group}.models-reader"}
-        catalog = read_models(config, self.topics.models)
-        return catalog.load(version, self.settings.secret) if catalog.published(version) else None
+        return read_models(config, self.topics.models, manifests_only=manifests_only)
+
+    def _published_model(self, version: int) -> Any:
+        """A former champion's model from the `models` topic (None if it was never
+        there), for a rollback to a version the engine no longer keeps in memory."""
+        catalog = self._models(manifests_only=False)
+        if catalog.published(version) or catalog.pruned(version):
+            return catalog.load(version, self.settings.secret)  # says when it was pruned
+        return None
 
     def _all_partitions(self) -> list[TopicPartition]:
         inputs = (self.topics.events, self.topics.labels, self.topics.control)
