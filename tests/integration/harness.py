@@ -68,10 +68,11 @@ def event(i: int, *, label: Any = "auto", key: str | None = None, **features: An
     return (key or f"user-{i % 50}").encode(), orjson.dumps(body)
 
 
-def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list:
-    """Every committed message of every partition of ``topic`` (read_committed)."""
+def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0, isolation: str = "read_committed") -> list:
+    """Every committed message of every partition of ``topic`` (``read_uncommitted``: every
+    message, aborted ones too)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader",
-                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         "enable.auto.commit": False, "isolation.level": isolation,
                          "enable.partition.eof": True})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

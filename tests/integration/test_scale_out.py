@@ -1,12 +1,15 @@
 """Scale-out (ARCHITECTURE.md §5) against a real broker: one `--role trainer` and a group
 of `--role scorer` processes serve every event exactly once, follow promotions, and
-survive a scorer's kill -9."""
+survive a scorer's kill -9 and a scorer frozen past its session timeout (a zombie)."""
 
 from __future__ import annotations
 
+import signal
 import urllib.error
 import urllib.request
 from collections import Counter
+
+from confluent_kafka import Consumer, TopicPartition
 
 from tests.integration.harness import (
     WorkerProcess,
@@ -102,5 +105,61 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
         last = {f"e{i}" for i in range(6500, 6600)}
         assert {p["model_version"] for p in predictions(bootstrap, prefix) if p["id"] in last} == {1}
     finally:
+        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
+    assert codes == [0, 0, 0], [p.log()[-2000:] for p in processes]
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return [tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in range(partitions)],
+                                                       timeout=10)]
+    finally:
+        consumer.close()
+
+
+def test_a_scorer_frozen_past_its_session_timeout_commits_nothing_it_lost(bootstrap, unique, tmp_path):
+    """Scorer s1 is frozen (SIGSTOP) with a transaction open: the group gives its partitions
+    to s2, which serves their uncommitted events again. When s1 wakes up (SIGCONT) its
+    transaction must be aborted, not committed: its offsets carry an old group generation
+    (KIP-447). A read_committed reader then sees every event exactly once, while a
+    read_uncommitted one also sees the aborted predictions of s1."""
+    prefix = unique("zombie") + "."
+    create_all_topics(bootstrap, prefix, 4)
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
+                            "--policy", "manual", "--warmup-labels", "200")
+    # s1 commits every 10 s: when it is frozen a few seconds after a commit, its open
+    # transaction surely holds predictions (s2 commits every 100 ms, the default)
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", "--commit-interval-ms", "10000")
+    s2 = scorer(bootstrap, prefix, tmp_path / "s2.log", "s2")
+    processes = [trainer, s1, s2]
+    group, total = f"{prefix}group.scorers", 12_000
+    try:
+        trainer.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(1000)])
+        s1.wait_ready()
+        s2.wait_ready()
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 1000, 60, "1000 predictions")
+        sender = steady_producer(bootstrap, prefix + "events", (event(i) for i in range(1000, total)),
+                                 rate_per_s=1000)
+        def written() -> int:  # committed, aborted and still open
+            return len(read_all(bootstrap, prefix + "predictions", isolation="read_uncommitted"))
+
+        wait_until(lambda: written() > 3000, 60, "predictions to flow")
+        s1.proc.send_signal(signal.SIGSTOP)
+        frozen_at = committed_offsets(bootstrap, group, prefix + "events", 4)
+        # s1 cannot commit while frozen: every partition moving on means s2 took s1's over
+        wait_until(lambda: all(now > then for now, then in zip(
+            committed_offsets(bootstrap, group, prefix + "events", 4), frozen_at, strict=True)),
+            60, "s2 to take over all four partitions")
+        s1.proc.send_signal(signal.SIGCONT)
+        sender.join(60)
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= total, 120, f"{total} predictions")
+        ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
+        assert ids == Counter(f"e{i}" for i in range(total)), "nothing lost, nothing duplicated"
+        assert written() > total, "s1 had served events in its open transaction (aborted since)"
+        assert "lost partitions" in s1.log() or "transaction aborted" in s1.log(), s1.log()[-3000:]
+    finally:
+        s1.proc.send_signal(signal.SIGCONT)
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
     assert codes == [0, 0, 0], [p.log()[-2000:] for p in processes]
