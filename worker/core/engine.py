@@ -34,7 +34,6 @@ of an uninterrupted run exactly (ARCHITECTURE.md §4).
 from __future__ import annotations
 
 import copy
-import copyreg
 import io
 import logging
 import pickle
@@ -623,37 +622,57 @@ def copy_model(model: Any) -> Any:
 
     A pickle round trip: the same state as ``copy.deepcopy`` (both go through the
     objects' ``__reduce_ex__``/``__getstate__``), built by C code instead of a Python
-    recursion, so 2-5x faster on a grown tree or forest. ``random.Random`` objects (a
-    Hoeffding tree holds one per Gaussian, a few hundred per grown tree, and they were
-    most of its copy time) are copied with ``getstate``/``setstate`` without re-seeding
-    from the OS: a tree after 20k Elec2 events copies in ~11 ms instead of ~14 (and
-    ~27 with ``deepcopy``). A model that does not pickle (e.g. one holding a lambda)
-    falls back to ``copy.deepcopy``.
+    recursion, so 2-5x faster on a grown tree or forest. ``random.Random`` objects are
+    left out of the bytes and handed over in memory (:class:`_Pickler`): a Hoeffding
+    tree holds one per Gaussian, a few hundred per grown tree, each with a 625-word
+    state that was most of the copy's bytes and time. A tree after 20k Elec2 events
+    copies in ~3.5 ms (~11 ms with the states pickled, ~27 with ``deepcopy``). A model
+    that does not pickle (e.g. one holding a lambda) falls back to ``copy.deepcopy``.
 
     >>> import random
     >>> r = random.Random(7)
-    >>> c = copy_model({"rng": r})["rng"]
-    >>> c is not r and c.random() == r.random()
+    >>> twin = copy_model({"rng": r, "same": r})
+    >>> twin["rng"] is not r and twin["rng"] is twin["same"] and twin["rng"].random() == r.random()
     True
     """
     buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, protocol=5)
-    pickler.dispatch_table = _COPY_REDUCERS
+    pickler = _Pickler(buffer)
     try:
         pickler.dump(model)
-        return pickle.loads(buffer.getbuffer())
+        buffer.seek(0)
+        return _Unpickler(buffer, pickler.rngs).load()
     except Exception:  # noqa: BLE001 - whatever pickling raises, deepcopy may still work
         return copy.deepcopy(model)
 
 
-def _random_from_state(state: tuple) -> random.Random:
-    rng = random.Random.__new__(random.Random)  # not seeded: setstate sets all of it
-    rng.setstate(state)
-    return rng
+class _Pickler(pickle.Pickler):
+    """Writes each ``random.Random`` as its index in :attr:`rngs` (a persistent id)."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=5)
+        self.rngs: list[random.Random] = []
+        self._index: dict[int, int] = {}  # id → index: a shared generator stays shared
+
+    def persistent_id(self, obj: Any) -> int | None:
+        if type(obj) is not random.Random:
+            return None
+        index = self._index.setdefault(id(obj), len(self.rngs))
+        if index == len(self.rngs):
+            self.rngs.append(obj)
+        return index
 
 
-def _reduce_random(rng: random.Random) -> tuple:
-    return _random_from_state, (rng.getstate(),)
+class _Unpickler(pickle.Unpickler):
+    """Gives each index of :class:`_Pickler` a new generator in the original's state."""
 
+    def __init__(self, file: io.BytesIO, rngs: list[random.Random]) -> None:
+        super().__init__(file)
+        self._rngs = rngs
+        self._copies: dict[int, random.Random] = {}
 
-_COPY_REDUCERS = {**copyreg.dispatch_table, random.Random: _reduce_random}
+    def persistent_load(self, index: int) -> random.Random:
+        if index not in self._copies:
+            rng = random.Random.__new__(random.Random)  # not seeded: setstate sets all of it
+            rng.setstate(self._rngs[index].getstate())
+            self._copies[index] = rng
+        return self._copies[index]
