@@ -417,7 +417,8 @@ def models_group() -> None:
 @models_group.command("list")
 @models_options
 def models_list(bootstrap, topic_prefix, kafka_config) -> None:
-    """Print every published version's lineage, one JSON object per line."""
+    """Print the lineage of every version on the topic (the worker prunes all but the
+    last --models-retain), one JSON object per line."""
     for manifest in _read_models(bootstrap, topic_prefix, kafka_config).manifests():
         click.echo(json.dumps(manifest))
 
