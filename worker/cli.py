@@ -397,7 +397,8 @@ def models_options(command):
     return _with(CONNECTION_OPTIONS, command)
 
 
-def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...]):
+def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...], *,
+                 manifests_only: bool = False):
     from worker.io.models import read_models
     from worker.io.topics import require_topics
     from worker.settings import KafkaSettings, parse_kafka_config
@@ -406,7 +407,8 @@ def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...
                              extra=parse_kafka_config(kafka_config))
     topic = settings.topics.models
     require_topics(settings.admin_config(), [topic])
-    return read_models({**settings.admin_config(), "group.id": "worker-models-cli"}, topic)
+    return read_models({**settings.admin_config(), "group.id": "worker-models-cli"}, topic,
+                       manifests_only=manifests_only)
 
 
 @cli.group("models")
@@ -419,7 +421,7 @@ def models_group() -> None:
 def models_list(bootstrap, topic_prefix, kafka_config) -> None:
     """Print the lineage of every version on the topic (the worker prunes all but the
     last --models-retain), one JSON object per line."""
-    for manifest in _read_models(bootstrap, topic_prefix, kafka_config).manifests():
+    for manifest in _read_models(bootstrap, topic_prefix, kafka_config, manifests_only=True).manifests():
         click.echo(json.dumps(manifest))
 
 
