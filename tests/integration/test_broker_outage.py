@@ -85,3 +85,37 @@ def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
         wait_until(lambda: readyz(port) == 200, 60, "/readyz to be ready again")
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
+
+
+def test_a_trainer_and_a_scorer_survive_a_broker_restart(own_broker, unique, tmp_path):
+    """Scale-out (ARCHITECTURE.md §5) under the same outage: the scorer waits for the
+    broker, then goes on from its last commit; every event is predicted once."""
+    bootstrap, prefix = own_broker, unique("outage-scale") + "."
+    create_all_topics(bootstrap, prefix, partitions=2)
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
+                            "--warmup-labels", "200")
+    scorer = WorkerProcess(bootstrap, prefix, tmp_path / "scorer.log", "--role", "scorer", "--scorer-id", "s1")
+    try:
+        trainer.wait_ready()
+        total = 16_000
+        sender = steady_producer(bootstrap, prefix + "events",
+                                 (drifting_event(i, 10**9) for i in range(total)), rate_per_s=2000)
+        scorer.wait_ready()  # once the trainer's warm-up is over
+
+        def served() -> int:
+            return len(predicted_ids(bootstrap, prefix))
+
+        wait_until(lambda: served() > 3000, 60, "predictions before the outage")
+        kafka_local("stop")
+        wait_until(lambda: "waiting for the broker" in scorer.log(), 60, "the scorer to report the outage")
+        assert scorer.proc.poll() is None, "the scorer must wait for the broker, not exit"
+        kafka_local("start")
+        sender.join(180)
+        wait_until(lambda: served() >= total, 180, f"{total} predictions after the restart", interval_s=1)
+        ids = Counter(predicted_ids(bootstrap, prefix))
+        sent = Counter(orjson.loads(m.value())["id"] for m in read_all(bootstrap, prefix + "events"))
+        assert len(sent) == total and max(sent.values()) == 1, "the test's own input has duplicates"
+        assert ids == sent, "nothing lost, nothing duplicated"
+    finally:
+        codes = [p.stop() for p in (scorer, trainer)]
+    assert codes == [0, 0], scorer.log()[-3000:] + trainer.log()[-3000:]

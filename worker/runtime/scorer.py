@@ -165,9 +165,7 @@ class Scorer:
         self._check()
         install_stop_signals(self, "committing, then leaving the group")
         kafka_settings, group = self.settings.kafka, self.settings.kafka.group
-        txn_id = f"worker-{group}-scorer-{self.settings.scorer_id}"
-        self._producer = kafka.producer({**kafka_settings.producer_config(), "transactional.id": txn_id})
-        self._producer.init_transactions(TXN_CALL_TIMEOUT_S)  # aborts what a previous run left open
+        self._producer = self._new_producer()
         try:
             self.feed.start()
             while self.feed.model is None and not self.stopping:
@@ -187,6 +185,15 @@ class Scorer:
         finally:
             self._close()
         log.info("stopped cleanly")
+
+    def _new_producer(self) -> Any:
+        """A transactional producer under this scorer's id: its ``init_transactions``
+        aborts what an earlier producer with the id left open (a previous run's, or this
+        run's own after a failure) and fences that producer."""
+        txn_id = f"worker-{self.settings.kafka.group}-scorer-{self.settings.scorer_id}"
+        producer = kafka.producer({**self.settings.kafka.producer_config(), "transactional.id": txn_id})
+        producer.init_transactions(TXN_CALL_TIMEOUT_S)
+        return producer
 
     def _check(self) -> None:
         if self.settings.kafka.guarantee != "exactly_once":
@@ -243,20 +250,34 @@ class Scorer:
                                self._consumer.consumer_group_metadata(), TXN_CALL_TIMEOUT_S)
             kafka.retrying(self._producer.commit_transaction, TXN_CALL_TIMEOUT_S)
         except KafkaException as e:
-            self._on_commit_error(e.args[0])
+            self._recover(e.args[0])
         self._handled = 0
         self._producer.begin_transaction()
 
-    def _on_commit_error(self, error: Any) -> None:
-        if error.fatal() or error.code() in kafka.FENCED:
-            raise Fenced(f"fenced: another scorer with id {self.settings.scorer_id!r} took over "
-                         f"(give each scorer its own --scorer-id); exiting") from None
-        if error.code() == kafka.STUCK:
-            raise WorkerError(f"{error.str()}: the producer is stuck (a broker restart?); exiting, "
-                              "restart this scorer with the same --scorer-id") from None
-        log.warning("transaction aborted (%s): reading again from the last commit", error.str())
-        self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
-        self._rewind()
+    def _recover(self, error: Any) -> None:
+        """After a failed transaction (a broker restart, a call stuck in librdkafka, an
+        abort that failed too): a new producer, whose ``init_transactions`` aborts the
+        failed transaction, and the consumer back to its last commit, so what that
+        transaction held is served again. Retried until the broker answers."""
+        self._raise_if_fenced(error)
+        log.warning("transaction failed (%s): new producer, serving again from the last commit", error.str())
+        while not self.stopping:
+            try:
+                self._producer = self._new_producer()  # the old one is dropped: a call may still block it
+                self._rewind()
+                return
+            except KafkaException as e:
+                self._raise_if_fenced(e.args[0])
+                log.warning("recovery failed (%s): waiting for the broker, retrying", e.args[0].str())
+                time.sleep(RETRY_S)
+        raise WorkerError("stopped while waiting for the broker: what was served since the last commit "
+                          "is served again by the scorer that takes these partitions")
+
+    def _raise_if_fenced(self, error: Any) -> None:
+        if error.code() in kafka.FENCED:
+            raise Fenced(f"fenced: another scorer with id {self.settings.scorer_id!r} took over (give each "
+                         "scorer its own --scorer-id), or the broker aborted a transaction of ours that "
+                         "outlived transaction_timeout_ms; exiting") from None
 
     def _rewind(self) -> None:
         """Back to the committed offsets (the beginning where none was committed yet):
@@ -276,7 +297,10 @@ class Scorer:
         """Partitions were taken without a revoke (a session timeout): their offsets can no
         longer be committed by us, so abort; another scorer serves them again."""
         log.warning("lost partitions %s: aborting the open transaction", _partitions)
-        self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
+        try:
+            self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
+        except KafkaException as e:
+            self._recover(e.args[0])
         self._handled = 0
         self._producer.begin_transaction()
 
