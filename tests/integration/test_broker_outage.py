@@ -94,7 +94,8 @@ def test_a_trainer_and_a_scorer_survive_a_broker_restart(own_broker, unique, tmp
     create_all_topics(bootstrap, prefix, partitions=2)
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
                             "--warmup-labels", "200")
-    scorer = WorkerProcess(bootstrap, prefix, tmp_path / "scorer.log", "--role", "scorer", "--scorer-id", "s1")
+    scorer = WorkerProcess(bootstrap, prefix, tmp_path / "scorer.log", "--role", "scorer",
+                           "--scorer-id", "s1")
     try:
         trainer.wait_ready()
         total = 16_000

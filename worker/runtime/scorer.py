@@ -33,7 +33,13 @@ from worker.io import kafka
 from worker.io.codec import decode_command, decode_event, dlq_headers, encode_prediction
 from worker.io.models import Catalog, read_catalog, read_models
 from worker.io.topics import require_topics
-from worker.runtime.worker import TXN_CALL_TIMEOUT_S, Fenced, RunSettings, install_stop_signals
+from worker.runtime.worker import (
+    OFFSETS_TIMEOUT_S,
+    TXN_CALL_TIMEOUT_S,
+    Fenced,
+    RunSettings,
+    install_stop_signals,
+)
 
 log = logging.getLogger("worker.scorer")
 
@@ -247,7 +253,7 @@ class Scorer:
         positions = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
         try:
             kafka.call_bounded(self._producer.send_offsets_to_transaction, positions,
-                               self._consumer.consumer_group_metadata(), TXN_CALL_TIMEOUT_S)
+                               self._consumer.consumer_group_metadata(), OFFSETS_TIMEOUT_S)
             kafka.retrying(self._producer.commit_transaction, TXN_CALL_TIMEOUT_S)
         except KafkaException as e:
             self._recover(e.args[0])
