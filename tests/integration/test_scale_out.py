@@ -163,3 +163,50 @@ def test_a_scorer_frozen_past_its_session_timeout_commits_nothing_it_lost(bootst
         s1.proc.send_signal(signal.SIGCONT)
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
     assert codes == [0, 0, 0], [p.log()[-2000:] for p in processes]
+
+
+def test_scorers_serve_on_while_the_trainer_is_down_and_follow_its_restart(bootstrap, unique, tmp_path):
+    """kill -9 of the trainer: the scorer keeps serving the champion it has; the restarted
+    trainer recovers its engine (no model published twice, no decision repeated) and its
+    next promotion reaches the scorer."""
+    prefix = unique("trainer-kill") + "."
+    create_all_topics(bootstrap, prefix, 2)
+    args = ("--role", "trainer", "--policy", "manual", "--warmup-labels", "200")
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", *args)
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1")
+    processes = [trainer, s1]
+    try:
+        trainer.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(1000)])
+        s1.wait_ready()
+        code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
+        assert code == 0, (lines, stderr)
+        wait_until(lambda: "serving champion v2" in s1.log(), 30, "the scorer to load v2")
+        models_before = len(read_all(bootstrap, prefix + "models"))
+
+        trainer.kill()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(1000, 2000)])
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 2000, 60, "2000 predictions, trainer down")
+        later = {f"e{i}" for i in range(1000, 2000)}
+        assert {p["model_version"] for p in predictions(bootstrap, prefix) if p["id"] in later} == {2}
+
+        trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer-again.log", *args)
+        processes.append(trainer)
+        trainer.wait_ready()
+        assert "restored engine: champion v2" in trainer.log()
+        assert len(read_all(bootstrap, prefix + "models")) == models_before, "nothing published twice"
+        code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "2")
+        assert code == 0, (lines, stderr)
+        wait_until(lambda: "serving champion v3" in s1.log(), 30, "the scorer to load v3")
+        produce(bootstrap, prefix + "events", [event(i) for i in range(2000, 2100)])
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 2100, 60, "2100 predictions")
+        ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
+        assert ids == Counter(f"e{i}" for i in range(2100)), "nothing lost, nothing duplicated"
+        newest = {f"e{i}" for i in range(2000, 2100)}
+        assert {p["model_version"] for p in predictions(bootstrap, prefix) if p["id"] in newest} == {3}
+        promoted = [m["detail"] for m in json_values(read_all(bootstrap, prefix + "control"))
+                    if m["type"] == "promoted"]
+        assert [(d["from_version"], d["to_version"]) for d in promoted] == [(1, 2), (2, 3)], "none repeated"
+    finally:
+        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
+    assert codes == [0, 0], [p.log()[-2000:] for p in processes]
