@@ -397,8 +397,7 @@ def models_options(command):
     return _with(CONNECTION_OPTIONS, command)
 
 
-def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...], *,
-                 manifests_only: bool = False):
+def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...], *, chunks_of=None):
     from worker.io.models import read_models
     from worker.io.topics import require_topics
     from worker.settings import KafkaSettings, parse_kafka_config
@@ -408,7 +407,7 @@ def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...
     topic = settings.topics.models
     require_topics(settings.admin_config(), [topic])
     return read_models({**settings.admin_config(), "group.id": "worker-models-cli"}, topic,
-                       manifests_only=manifests_only)
+                       chunks_of=chunks_of)
 
 
 @cli.group("models")
@@ -421,7 +420,7 @@ def models_group() -> None:
 def models_list(bootstrap, topic_prefix, kafka_config) -> None:
     """Print the lineage of every version on the topic (the worker prunes all but the
     last --models-retain), one JSON object per line."""
-    for manifest in _read_models(bootstrap, topic_prefix, kafka_config, manifests_only=True).manifests():
+    for manifest in _read_models(bootstrap, topic_prefix, kafka_config, chunks_of=()).manifests():
         click.echo(json.dumps(manifest))
 
 
@@ -436,7 +435,8 @@ def models_export(bootstrap, topic_prefix, kafka_config, version: int, secret: s
     """Write VERSION's river model to a pickle file; exit 1 if it is not published."""
     import pickle
 
-    model = _read_models(bootstrap, topic_prefix, kafka_config).load(version, secret.encode())
+    catalog = _read_models(bootstrap, topic_prefix, kafka_config, chunks_of=(version,))
+    model = catalog.load(version, secret.encode())
     out.write_bytes(pickle.dumps(model, protocol=5))
     click.echo(json.dumps({"version": version, "model": repr(model), "out": str(out)}))
 

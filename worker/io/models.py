@@ -36,7 +36,7 @@ and chunks of the versions beyond the ``models_retain`` most recent ones
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import orjson
@@ -145,21 +145,23 @@ def _version_of(key: bytes) -> int:
         return -1  # not one of ours
 
 
-def read_catalog(reader: Any, topic: str, *, manifests_only: bool = False) -> Catalog:
+def read_catalog(reader: Any, topic: str, *, chunks_of: Collection[int] | None = None) -> Catalog:
     """Read the whole ``models`` topic (``reader`` from :func:`worker.io.kafka.reader`,
-    which reads committed messages only: never half a transaction). ``manifests_only``
-    keeps no model bytes: which versions are there, not what they hold."""
+    which reads committed messages only: never half a transaction). Every manifest is
+    kept; with ``chunks_of``, only the model bytes of those versions (none for an empty
+    collection), so that memory holds one model, not all that are retained."""
     messages = ((msg.key(), msg.value()) for msg in read_range(reader, topic, 0, 0))
-    if manifests_only:
-        messages = ((key, value) for key, value in messages if key is not None and b"/" not in key)
+    if chunks_of is not None:
+        messages = ((key, value) for key, value in messages
+                    if key is not None and (b"/" not in key or _version_of(key) in chunks_of))
     return Catalog(messages)
 
 
-def read_models(config: dict[str, Any], topic: str, *, manifests_only: bool = False) -> Catalog:
+def read_models(config: dict[str, Any], topic: str, *, chunks_of: Collection[int] | None = None) -> Catalog:
     """:func:`read_catalog` with a reader of its own (``config``: a consumer's, with a
     ``group.id``)."""
     client = reader(config)
     try:
-        return read_catalog(client, topic, manifests_only=manifests_only)
+        return read_catalog(client, topic, chunks_of=chunks_of)
     finally:
         client.close()

@@ -106,7 +106,7 @@ class ChampionFeed:
         try:
             self._wanted, control_end = latest_champion(reader, topics.control)
             models_end = _end(reader, topics.models)  # what comes after it is read twice: harmless
-            self._catalog = read_catalog(reader, topics.models)
+            self._catalog = read_catalog(reader, topics.models, chunks_of=(self._wanted,))
         finally:
             reader.close()
         self._control.assign([TopicPartition(topics.control, 0, control_end)])
@@ -135,7 +135,8 @@ class ChampionFeed:
             try:
                 model = self._catalog.load(wanted, self.settings.secret)
             except SnapshotError:  # an older version, forgotten here: read the topic again
-                catalog = read_models(self._reader_config, self.settings.kafka.topics.models)
+                catalog = read_models(self._reader_config, self.settings.kafka.topics.models,
+                                      chunks_of=(wanted,))
                 model = catalog.load(wanted, self.settings.secret)
         except SnapshotError as e:  # not published yet (the warm-up), or not ours
             self._next_try = time.monotonic() + RETRY_S

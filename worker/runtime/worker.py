@@ -417,15 +417,15 @@ class Worker:
                         "once may not hold for it; inspect with kafka-transactions.sh find-hanging",
                         topic, partition, lso, hwm)
 
-    def _models(self, manifests_only: bool = True) -> Catalog:
+    def _models(self, chunks_of: tuple[int, ...] = ()) -> Catalog:
         kafka_settings = self.settings.kafka
         config = {**kafka_settings.consumer_config(), "group.id": f"{kafka_settings.group}.models-reader"}
-        return read_models(config, self.topics.models, manifests_only=manifests_only)
+        return read_models(config, self.topics.models, chunks_of=chunks_of)
 
     def _published_model(self, version: int) -> Any:
         """A former champion's model from the `models` topic (None if it was never
         there), for a rollback to a version the engine no longer keeps in memory."""
-        catalog = self._models(manifests_only=False)
+        catalog = self._models(chunks_of=(version,))
         if catalog.published(version) or catalog.pruned(version):
             return catalog.load(version, self.settings.secret)  # says when it was pruned
         return None
