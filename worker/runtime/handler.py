@@ -14,7 +14,7 @@ import time
 from confluent_kafka import Message, Producer
 
 from worker.core.engine import Engine
-from worker.core.types import Command
+from worker.core.types import Command, Position, Prediction
 from worker.errors import BadInputError, RefusedInputError
 from worker.io.codec import (
     Limits,
@@ -31,6 +31,21 @@ from worker.io.models import model_messages, tombstones, versions_to_prune
 from worker.settings import TopicNames
 
 log = logging.getLogger("worker.run")
+
+
+def produce_prediction(producer: Producer, topic: str, prediction: Prediction) -> None:
+    """The prediction's message, keyed by its event's key (the entity), else by its id.
+    An unserialisable prediction raises :class:`BadInputError`: its event is dead-lettered."""
+    key = prediction.key if prediction.key is not None else prediction.id
+    producer.produce(topic, value=encode_prediction(prediction), key=key.encode())
+
+
+def produce_dead_letter(producer: Producer, topic: str, msg: Message, reason: str) -> Position:
+    """``msg`` to the dead-letter topic: its original bytes and key, the ``dlq.*`` headers
+    (ARCHITECTURE.md §2). Returns where it came from."""
+    position = (msg.topic(), msg.partition(), msg.offset())
+    producer.produce(topic, value=msg.value(), key=msg.key(), headers=dlq_headers(reason, position))
+    return position
 
 
 class Handler:
@@ -64,9 +79,7 @@ class Handler:
             if topic == self.topics.events:
                 prediction = self.engine.process(decode_event(msg.value(), msg.key(), position, self.limits))
                 if emit and self.serve:
-                    key = prediction.key if prediction.key is not None else prediction.id
-                    self.producer.produce(self.topics.predictions, value=encode_prediction(prediction),
-                                          key=key.encode())
+                    produce_prediction(self.producer, self.topics.predictions, prediction)
             elif topic == self.topics.labels:
                 self.engine.process_label(decode_label(msg.value(), position, self.limits))
             else:
@@ -131,9 +144,7 @@ class Handler:
                 self.producer.produce(self.topics.models, key=key, value=value)
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
-        position = (msg.topic(), msg.partition(), msg.offset())
-        self.producer.produce(self.topics.dlq, value=msg.value(), key=msg.key(),
-                              headers=dlq_headers(reason, position))
+        position = produce_dead_letter(self.producer, self.topics.dlq, msg, reason)
         self.dead_letters += 1
         self.engine.observer.dead_letter()
         now = time.monotonic()

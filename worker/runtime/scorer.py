@@ -26,13 +26,15 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 
+from worker.core.metrics import predict_from_proba
 from worker.core.observer import Observer
 from worker.core.types import LifecycleEvent, Prediction
 from worker.errors import BadInputError, ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
-from worker.io.codec import decode_command, decode_event, dlq_headers, encode_prediction
+from worker.io.codec import decode_command, decode_event
 from worker.io.models import Catalog, read_catalog, read_models
 from worker.io.topics import require_topics
+from worker.runtime.handler import produce_dead_letter, produce_prediction
 from worker.runtime.worker import (
     OFFSETS_TIMEOUT_S,
     TXN_CALL_TIMEOUT_S,
@@ -234,17 +236,14 @@ class Scorer:
                 proba = self.feed.model.predict_proba_one(event.features)
             except Exception as e:  # noqa: BLE001 - a model error makes this event bad, not the scorer
                 raise BadInputError(f"model raised {type(e).__name__}: {e}") from e
-            prediction = Prediction(event.id, "champion", self.feed.version,
-                                    max(proba, key=proba.get) if proba else None, proba, event.ts, event.key)
-            value = encode_prediction(prediction)
+            prediction = Prediction(event.id, "champion", self.feed.version, predict_from_proba(proba), proba,
+                                    event.ts, event.key)
+            produce_prediction(self._producer, self.topics.predictions, prediction)
         except BadInputError as e:
-            self._producer.produce(self.topics.dlq, value=msg.value(), key=msg.key(),
-                                   headers=dlq_headers(str(e), position))
+            produce_dead_letter(self._producer, self.topics.dlq, msg, str(e))
             self.dead_letters += 1
             self.observer.dead_letter()
             return
-        key = event.key if event.key is not None else event.id
-        self._producer.produce(self.topics.predictions, value=value, key=key.encode())
         self.observer.event_scored("champion")
 
     def _commit(self) -> None:
@@ -294,7 +293,6 @@ class Scorer:
             for tp in self._consumer.committed(assigned, timeout=TXN_CALL_TIMEOUT_S):
                 self._consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition,
                                                                              OFFSET_BEGINNING))
-        self._handled = 0
 
     def _on_revoke(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
         """Partitions move to another scorer: commit what was served from them first."""

@@ -176,14 +176,7 @@ class Worker:
         if self.exactly_once:
             self._warn_unstable_outputs()
             self._producer.begin_transaction()
-        stale = sorted(self._handler.models_on_topic) if self._new_lineage else []
-        if stale:  # another engine's versions: v1 of ours must not be taken for theirs
-            log.warning("new engine: pruning the %d versions of the previous engine from %s (v%d-v%d)",
-                        len(stale), self.topics.models, stale[0], stale[-1])
-            self._handler.prune_models(stale)
-        # the current champion, unless the topic has it: its first publication may
-        # predate models on the topic (an older release) or have been aborted
-        self._handler.publish_champion()
+        self._publish_models()
         if self.exactly_once:
             self._commit(force_snapshot=True)  # a fresh baseline: recovery never replays twice
         self.ready = True
@@ -399,6 +392,18 @@ class Worker:
                                 chunk_bytes=self.settings.chunk_bytes, serve=self.settings.role == "all",
                                 models_retain=self.settings.models_retain,
                                 models_on_topic=on_topic)
+
+    def _publish_models(self) -> None:
+        """At start, on `models`: a new engine first prunes the previous engine's versions
+        (its own v1 must not be taken for theirs); then the current champion, unless the
+        topic has it (its first publication may predate models on the topic, an older
+        release, or have been aborted)."""
+        stale = sorted(self._handler.models_on_topic) if self._new_lineage else []
+        if stale:
+            log.warning("new engine: pruning the %d versions of the previous engine from %s (v%d-v%d)",
+                        len(stale), self.topics.models, stale[0], stale[-1])
+            self._handler.prune_models(stale)
+        self._handler.publish_champion()
 
     def _warn_unstable_outputs(self) -> None:
         """Say so when a topic only this worker writes has an open transaction right
