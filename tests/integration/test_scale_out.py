@@ -1,6 +1,7 @@
 """Scale-out (ARCHITECTURE.md §5) against a real broker: one `--role trainer` and a group
 of `--role scorer` processes serve every event exactly once, follow promotions, and
-survive a scorer's kill -9 and a scorer frozen past its session timeout (a zombie)."""
+survive a scorer's kill -9 and a scorer frozen past its session timeout (a zombie);
+a scorer dead-letters bad events."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.test_worker_exactly_once import steady_producer
-from tests.integration.test_worker_io import control
+from tests.integration.test_worker_io import bad_messages, control, header_map, produce_tracked, status
 
 
 def predictions(bootstrap: str, prefix: str) -> list[dict]:
@@ -207,6 +208,57 @@ def test_scorers_serve_on_while_the_trainer_is_down_and_follow_its_restart(boots
         promoted = [m["detail"] for m in json_values(read_all(bootstrap, prefix + "control"))
                     if m["type"] == "promoted"]
         assert [(d["from_version"], d["to_version"]) for d in promoted] == [(1, 2), (2, 3)], "none repeated"
+    finally:
+        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
+    assert codes == [0, 0], [p.log()[-2000:] for p in processes]
+
+
+def test_a_scorer_dead_letters_bad_events_once_and_serves_on(bootstrap, unique, tmp_path):
+    """The ten malformed messages of the worker's test, and an event the model raises on,
+    between valid events: the scorer writes each to the DLQ once, with its headers, in the
+    transaction of its interval; the trainer, which reads the same events, writes none."""
+    prefix = unique("scale-dlq") + "."
+    create_all_topics(bootstrap, prefix, 2)
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
+                            "--policy", "manual", "--warmup-labels", "200")
+    port = free_port()
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", "--metrics-port", str(port))
+    processes = [trainer, s1]
+    try:
+        trainer.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
+        s1.wait_ready()
+        raises = b'{"id": "m", "features": {"a": "text", "b": 1.0}}'  # a number was learned for "a"
+        bad = [*bad_messages(), ("model raises", raises, "model raised")]
+        records: list[tuple[bytes | None, bytes]] = []
+        for n, (_name, raw, _reason) in enumerate(bad):
+            records += [event(300 + 3 * n + k) for k in range(3)]
+            records.append((f"bad-{n}".encode(), raw))
+        positions = produce_tracked(bootstrap, prefix + "events", records)
+        valid = 300 + 3 * len(bad)
+
+        dlq = wait_until(lambda: len(m := read_all(bootstrap, prefix + "events.dlq")) >= len(bad) and m,
+                         60, f"{len(bad)} dead letters")
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= valid, 60, f"{valid} predictions")
+        counted = {"events": valid, "undecodable": len(bad) - 1, "bad": 1}  # the trainer counts them all
+        wait_until(lambda: {k: status(bootstrap, prefix)["counts"][k] for k in counted} == counted, 30,
+                   "the trainer to have read every event")
+        dlq = read_all(bootstrap, prefix + "events.dlq")
+        assert len(dlq) == len(bad), [header_map(m).get("dlq.error") for m in dlq]
+        by_key = {m.key(): m for m in dlq}
+        for n, (name, raw, reason) in enumerate(bad):
+            letter = by_key[f"bad-{n}".encode()]
+            headers = header_map(letter)
+            assert letter.value() == raw, name
+            assert reason in headers["dlq.error"].decode(), (name, headers["dlq.error"])
+            where = (int(headers["dlq.original.partition"]), int(headers["dlq.original.offset"]))
+            assert where == positions[4 * n + 3], name
+        ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
+        assert ids == Counter(f"e{i}" for i in range(valid)), "every valid event once, no bad one"
+        metrics = http(port, "/metrics")[1]
+        assert f"worker_dead_letters_total {float(len(bad))}" in metrics
+        assert "dead-lettered" in s1.log() and "dead-lettered" not in trainer.log()
+        assert s1.proc.poll() is None and trainer.proc.poll() is None
     finally:
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
     assert codes == [0, 0], [p.log()[-2000:] for p in processes]

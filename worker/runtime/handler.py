@@ -14,7 +14,7 @@ import time
 from confluent_kafka import Message, Producer
 
 from worker.core.engine import Engine
-from worker.core.types import Command, Position, Prediction
+from worker.core.types import Command, Prediction
 from worker.errors import BadInputError, RefusedInputError
 from worker.io.codec import (
     Limits,
@@ -40,12 +40,24 @@ def produce_prediction(producer: Producer, topic: str, prediction: Prediction) -
     producer.produce(topic, value=encode_prediction(prediction), key=key.encode())
 
 
-def produce_dead_letter(producer: Producer, topic: str, msg: Message, reason: str) -> Position:
-    """``msg`` to the dead-letter topic: its original bytes and key, the ``dlq.*`` headers
-    (ARCHITECTURE.md §2). Returns where it came from."""
-    position = (msg.topic(), msg.partition(), msg.offset())
-    producer.produce(topic, value=msg.value(), key=msg.key(), headers=dlq_headers(reason, position))
-    return position
+class DeadLetters:
+    """Writes the messages that cannot be processed to the dead-letter topic (ARCHITECTURE.md
+    §2): their original bytes and key, with the ``dlq.*`` headers. Counts them, and says so
+    in the log at most once a second, so that a flood of bad input cannot flood the log."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.count = 0
+        self._logged_at = float("-inf")
+
+    def write(self, producer: Producer, msg: Message, reason: str) -> None:
+        position = (msg.topic(), msg.partition(), msg.offset())
+        producer.produce(self.topic, value=msg.value(), key=msg.key(), headers=dlq_headers(reason, position))
+        self.count += 1
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:
+            self._logged_at = now
+            log.warning("dead-lettered %s[%d]@%d: %s (%d so far)", *position, reason, self.count)
 
 
 class Handler:
@@ -65,8 +77,7 @@ class Handler:
         self.secret = secret
         self.require_signed = require_signed_commands
         self.chunk_bytes = chunk_bytes
-        self.dead_letters = 0
-        self._last_bad_log = 0.0
+        self.dead_letters = DeadLetters(topics.dlq)
         # Versions on `models` (version → its number of chunks), as read at start and
         # written since; at most `models_retain` of them (0: no limit) plus the champion.
         self.models_on_topic = dict(models_on_topic or {})
@@ -88,7 +99,8 @@ class Handler:
             if not isinstance(e, RefusedInputError):  # the engine counts what it refuses itself
                 self.engine.count_undecodable()
             if emit and (self.serve or topic != self.topics.events):
-                self._dead_letter(msg, str(e))
+                self.dead_letters.write(self.producer, msg, str(e))
+                self.engine.observer.dead_letter()
         if self.engine.has_lifecycle:  # every decision comes with its lifecycle events
             self.flush(emit)
 
@@ -142,13 +154,3 @@ class Handler:
         for version in versions:
             for key, value in tombstones(version, self.models_on_topic.pop(version)):
                 self.producer.produce(self.topics.models, key=key, value=value)
-
-    def _dead_letter(self, msg: Message, reason: str) -> None:
-        position = produce_dead_letter(self.producer, self.topics.dlq, msg, reason)
-        self.dead_letters += 1
-        self.engine.observer.dead_letter()
-        now = time.monotonic()
-        if now - self._last_bad_log >= 1.0:  # rate-limited: one line per second at most
-            self._last_bad_log = now
-            log.warning("dead-lettered %s[%d]@%d: %s (%d so far)", *position, reason,
-                        self.dead_letters)

@@ -34,7 +34,7 @@ from worker.io import kafka
 from worker.io.codec import decode_command, decode_event
 from worker.io.models import Catalog, read_catalog, read_models
 from worker.io.topics import require_topics
-from worker.runtime.handler import produce_dead_letter, produce_prediction
+from worker.runtime.handler import DeadLetters, produce_prediction
 from worker.runtime.worker import (
     OFFSETS_TIMEOUT_S,
     TXN_CALL_TIMEOUT_S,
@@ -164,7 +164,7 @@ class Scorer:
         self.feed = ChampionFeed(settings)
         self.observer = Observer()  # worker.obs.server.serve() swaps in the Prometheus one
         self.engine = None  # none here: the /readyz and /metrics helpers look for one
-        self.dead_letters = 0
+        self.dead_letters = DeadLetters(self.topics.dlq)
         self._handled = 0  # messages in the open transaction
         self._producer: Any = None
         self._consumer: Any = None
@@ -240,8 +240,7 @@ class Scorer:
                                     event.ts, event.key)
             produce_prediction(self._producer, self.topics.predictions, prediction)
         except BadInputError as e:
-            produce_dead_letter(self._producer, self.topics.dlq, msg, str(e))
-            self.dead_letters += 1
+            self.dead_letters.write(self._producer, msg, str(e))
             self.observer.dead_letter()
             return
         self.observer.event_scored("champion")
