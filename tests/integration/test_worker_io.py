@@ -422,6 +422,12 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique):
         assert code == 2 and elapsed < 15, stderr
         assert problem in line, line
 
+    # the operator's side: `worker control` to a deployment without its control topic
+    code, lines, stderr = control(bootstrap, unique("none") + ".", "status", wait_s=5)
+    line = the_one_error_line(stderr)
+    assert (code, lines) == (2, []), stderr
+    assert "missing topic" in line and "control" in line, line
+
 
 # ------------------------------------------------------------------------ 9. restarts
 

@@ -12,11 +12,13 @@ import time
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from worker.core.types import Command
+from worker.errors import WorkerError
 from worker.io import kafka
 from worker.io.codec import encode_command
+from worker.io.topics import require_topics
 
 FINAL = frozenset({"command_applied", "command_rejected"})
 
@@ -24,7 +26,10 @@ FINAL = frozenset({"command_applied", "command_rejected"})
 def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Command,
                   secret: bytes | None, wait_s: float) -> list[dict[str, Any]] | None:
     """Write ``command``; return the lifecycle events answering it (the last one final),
-    or None when no final answer came within ``wait_s`` seconds."""
+    or None when no final answer came within ``wait_s`` seconds. A missing topic or an
+    unreachable broker raises :class:`ConfigError`, a command that cannot be written
+    :class:`WorkerError`: one clear line, not a librdkafka error."""
+    require_topics(admin_config, [control_topic])
     producer = kafka.producer({**admin_config, "enable.idempotence": True, "acks": "all"})
     reader = kafka.reader({**admin_config, "group.id": "worker-control-cli"})
     try:
@@ -34,7 +39,7 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
         producer.flush(min(wait_s, 30.0) or 30.0)
         if not delivered or isinstance(delivered[0], KafkaError):
             reason = delivered[0].str() if delivered else "not delivered in time"
-            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"cannot write the command: {reason}"))
+            raise WorkerError(f"cannot write the command to {control_topic}: {reason}")
         return _await(reader, control_topic, delivered[0].offset(), command.command_id, wait_s)
     finally:
         reader.close()
