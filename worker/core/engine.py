@@ -414,7 +414,8 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - a missing or refused model makes the command fail, not us
             raise CommandRejected(f"v{mv.version} is not retained, and reading it back failed: {e}") from e
         if model is None:
-            raise CommandRejected(f"v{mv.version} is not a retained version (nor a published one)")
+            raise CommandRejected(f"v{mv.version} is not a retained version, nor on the models topic "
+                                  "(pruned there by models_retain, or never published)")
         mv.model, mv.metrics = model, Prequential(self.config.window, self.config.fading)
         self.registry.retire(mv.version, keep_model=True)  # retained again, like any former champion
 
