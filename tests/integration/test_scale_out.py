@@ -1,7 +1,7 @@
 """Scale-out (ARCHITECTURE.md §5) against a real broker: one `--role trainer` and a group
 of `--role scorer` processes serve every event exactly once, follow promotions, and
 survive a scorer's kill -9 and a scorer frozen past its session timeout (a zombie);
-a scorer dead-letters bad events."""
+a scorer dead-letters bad events; partitions added to `events` reach them all."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.integration.harness import (
     read_all,
     wait_until,
 )
-from tests.integration.test_worker_exactly_once import steady_producer
+from tests.integration.test_worker_exactly_once import grow, produce_to, steady_producer
 from tests.integration.test_worker_io import bad_messages, control, header_map, produce_tracked, status
 
 
@@ -259,6 +259,32 @@ def test_a_scorer_dead_letters_bad_events_once_and_serves_on(bootstrap, unique, 
         assert f"worker_dead_letters_total {float(len(bad))}" in metrics
         assert "dead-lettered" in s1.log() and "dead-lettered" not in trainer.log()
         assert s1.proc.poll() is None and trainer.proc.poll() is None
+    finally:
+        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
+    assert codes == [0, 0], [p.log()[-2000:] for p in processes]
+
+
+def test_a_partition_added_to_events_reaches_the_trainer_and_the_scorers(bootstrap, unique, tmp_path):
+    prefix = unique("scale-grow") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
+                            "--policy", "manual", "--warmup-labels", "200")
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1")
+    processes = [trainer, s1]
+    try:
+        trainer.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
+        s1.wait_ready()
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 300, 60, "300 predictions")
+
+        grow(bootstrap, [prefix + "events"], 2)
+        produce_to(bootstrap, prefix + "events", 1, [event(i) for i in range(300, 400)])
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 400, 60, "the new partition's predictions")
+        ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
+        assert ids == Counter(f"e{i}" for i in range(400)), "each event once"
+        counted = wait_until(lambda: (n := status(bootstrap, prefix)["counts"]["events"]) == 400 and n, 30,
+                             "the trainer to read the new partition")
+        assert counted == 400 and f"new partitions: {prefix}events[1]" in trainer.log()
     finally:
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
     assert codes == [0, 0], [p.log()[-2000:] for p in processes]

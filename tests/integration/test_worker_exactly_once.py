@@ -11,11 +11,14 @@ from collections import Counter
 
 import orjson
 import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from tests.integration.harness import (
     SECRET,
     WorkerProcess,
     create_all_topics,
+    event,
     json_values,
     predicted_ids,
     produce,
@@ -177,3 +180,55 @@ def test_a_second_instance_takes_over_and_fences_the_first(bootstrap, unique, tm
         assert len(ids) == 30_000 and max(ids.values()) == 1
     finally:
         assert new.stop() == 0, new.log()[-3000:]
+
+
+def produce_to(bootstrap: str, topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value, partition=partition)
+    assert producer.flush(30) == 0
+
+
+def grow(bootstrap: str, topics: list[str], partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_partitions([NewPartitions(t, partitions) for t in topics]).values():
+        future.result(timeout=30)
+
+
+def label(i: int) -> tuple[bytes, bytes]:
+    key, value = event(i)
+    return key, orjson.dumps({"id": f"e{i}", "label": orjson.loads(value)["label"]})
+
+
+def test_partitions_added_to_the_inputs_are_read_and_survive_a_crash(bootstrap, unique, tmp_path):
+    """A manual assignment does not follow a topic's growth by itself: partitions added to
+    `events` and `labels` while the worker runs are read within seconds, from their
+    beginning, and a kill -9 afterwards loses and duplicates nothing on them."""
+    prefix = unique("grow") + "."
+    create_all_topics(bootstrap, prefix, partitions=1)
+    events, labels = prefix + "events", prefix + "labels"
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", "--warmup-labels", "50")
+    try:
+        worker.wait_ready()
+        produce_to(bootstrap, events, 0, [event(i) for i in range(100)])
+        wait_for_predictions(bootstrap, prefix, 100, 60)
+
+        grow(bootstrap, [events, labels], 2)
+        produce_to(bootstrap, events, 1, [event(i, label=None) for i in range(100, 200)])
+        produce_to(bootstrap, labels, 1, [label(i) for i in range(100, 200)])
+        wait_for_predictions(bootstrap, prefix, 200, 60)
+        assert f"new partitions: {events}[1], {labels}[1]" in worker.log()
+        assert wait_until(lambda: status(bootstrap, prefix)["counts"]["labelled"] == 200, 30,
+                          "the labels of the new partition to be joined")
+
+        worker.kill()
+        worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker-again.log")
+        worker.wait_ready()
+        produce_to(bootstrap, events, 1, [event(i) for i in range(200, 300)])
+        produce_to(bootstrap, events, 0, [event(i) for i in range(300, 400)])
+        counts = wait_for_predictions(bootstrap, prefix, 400, 60)
+        assert counts == Counter(f"e{i}" for i in range(400)), "each event once"
+        assert status(bootstrap, prefix)["counts"]["labelled"] == 400, "each label learned once"
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log()[-3000:]

@@ -37,6 +37,7 @@ from worker.io.topics import require_topics
 from worker.runtime.handler import DeadLetters, produce_prediction
 from worker.runtime.worker import (
     OFFSETS_TIMEOUT_S,
+    PARTITIONS_CHECK_S,
     TXN_CALL_TIMEOUT_S,
     Fenced,
     RunSettings,
@@ -182,7 +183,10 @@ class Scorer:
                 self.feed.poll()
             if self.stopping:
                 return
-            config = {**kafka_settings.consumer_config(), "group.id": f"{group}.scorers"}
+            # Partitions added to `events` reach the group at a metadata refresh: every 5 s
+            # rather than librdkafka's 5 minutes (a --kafka-config setting wins).
+            config = {"topic.metadata.refresh.interval.ms": int(PARTITIONS_CHECK_S * 1000),
+                      **kafka_settings.consumer_config(), "group.id": f"{group}.scorers"}
             self._consumer = kafka.consumer(config)
             self._consumer.subscribe([self.topics.events], on_revoke=self._on_revoke, on_lost=self._on_lost)
             self._producer.begin_transaction()

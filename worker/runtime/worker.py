@@ -43,6 +43,7 @@ TXN_CALL_TIMEOUT_S = 30.0
 OFFSETS_TIMEOUT_S = 10.0  # send_offsets_to_transaction; it may ignore it (see kafka.call_bounded)
 ROLES = ("all", "trainer", "scorer")
 HEARTBEAT_S = 2.0  # an idle exactly-once worker commits this often, to notice a takeover
+PARTITIONS_CHECK_S = 5.0  # how often the inputs are checked for added partitions
 
 
 class Fenced(WorkerError):
@@ -120,6 +121,7 @@ class Worker:
         self._snapshot_events = 0  # engine's event count at the last snapshot
         self._last_commit = 0.0
         self._last_status = time.monotonic()
+        self._partitions_checked = time.monotonic()
         self._leftover: list[Any] = []  # consumed, not yet handled: the next transaction's
         self._span_began: float | None = None  # first message handled in this transaction
         self._last_consume_error = 0.0
@@ -232,6 +234,7 @@ class Worker:
                 budget -= handled
             self.observer.observe_batch(time.monotonic() - began, handled)  # also when idle
         self._report_status_when_due()
+        self._follow_new_partitions()
         self._commit()
 
     def _handle(self, messages: list[Any], deadline: float | None = None, limit: int | None = None) -> int:
@@ -253,6 +256,28 @@ class Worker:
             self._handler.handle(msg, emit=True)
             self._record(msg)
         return handled
+
+    def _follow_new_partitions(self) -> None:
+        """Read the partitions added to ``events`` or ``labels`` since the assignment (a
+        topic grown with ``kafka-topics --alter``), from their beginning. A manual
+        assignment does not follow a topic's growth: without this, their events would
+        wait for the next restart. Checked every ``PARTITIONS_CHECK_S``."""
+        if time.monotonic() - self._partitions_checked < PARTITIONS_CHECK_S:
+            return
+        self._partitions_checked = time.monotonic()
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        added = []
+        for topic in (self.topics.events, self.topics.labels):
+            try:
+                partitions = kafka.partitions_of(self._consumer, topic, timeout_s=1.0)
+            except (KafkaException, ConfigError):
+                continue  # the broker is away (the loop says so) or the topic is gone: next time
+            added += [TopicPartition(topic, p, OFFSET_BEGINNING)
+                      for p in partitions if (topic, p) not in assigned]
+        if added:
+            self._consumer.incremental_assign(added)
+            log.warning("new partitions: %s; reading them from their beginning",
+                        ", ".join(f"{tp.topic}[{tp.partition}]" for tp in added))
 
     def _report_status_when_due(self) -> None:
         """The periodic ``status_report`` (ARCHITECTURE.md §2), written with this interval's
