@@ -352,6 +352,33 @@ def test_delayed_labels_before_and_after_their_events_are_joined(bootstrap, uniq
         assert worker.proc.poll() is None
 
 
+def test_without_a_labels_topic_the_worker_runs_and_reads_it_once_created(bootstrap, unique, tmp_path):
+    """`labels` is optional (ARCHITECTURE.md §2): inline labels only until it exists."""
+    prefix = unique("nolab") + "."
+    names = TopicNames.from_prefix(prefix)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    specs = {s.name: s for s in topic_specs(names, 2)}
+    labels = specs.pop(names.labels)
+    for future in admin.create_topics([NewTopic(s.name, s.partitions, 1, config=s.config)
+                                       for s in specs.values()]).values():
+        future.result(timeout=30)
+    with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
+        assert f"no topic {names.labels}: labels come inline only until it is created" in worker.log()
+        produce(bootstrap, names.events, [event(i) for i in range(50)])  # inline labels
+        produce(bootstrap, names.events, [event(i, label=None) for i in range(50, 100)])
+        wait_predicted(bootstrap, prefix, 100)
+        assert status(bootstrap, prefix)["counts"]["labelled"] == 50
+
+        admin.create_topics([NewTopic(labels.name, labels.partitions, 1, config=labels.config)])[
+            labels.name].result(timeout=30)
+        produce(bootstrap, names.labels, [(f"user-{i % 50}".encode(), orjson.dumps(
+            {"id": f"e{i}", "label": i % 2 == 0})) for i in range(50, 100)])
+        wait_until(lambda: status(bootstrap, prefix)["counts"]["labelled"] == 100, 60,
+                   "the labels topic to be found and its labels joined")
+        assert f"new partitions: {names.labels}[0], {names.labels}[1]" in worker.log()
+        assert worker.proc.poll() is None
+
+
 # ----------------------------------------------------------------- 7. start-up errors
 
 
@@ -380,7 +407,7 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique):
     prefix = unique("miss") + "."
     names = TopicNames.from_prefix(prefix)
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    specs = [s for s in topic_specs(names, 1) if s.name != names.labels]
+    specs = [s for s in topic_specs(names, 1) if s.name != names.predictions]
     futures = admin.create_topics([NewTopic(s.name, s.partitions, 1, config=s.config) for s in specs])
     for future in futures.values():
         future.result(timeout=30)
@@ -390,7 +417,7 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique):
     line = the_one_error_line(stderr)
     assert code == 2, stderr
     assert elapsed < 15
-    assert "missing topic" in line and names.labels in line, line
+    assert "missing topic" in line and names.predictions in line, line
     assert names.events + "," not in line and names.control not in line, line  # only the missing one
 
     # a bad model spec: the line says which spec and what is wrong with it

@@ -32,7 +32,7 @@ from worker.errors import ConfigError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
 from worker.io.models import Catalog, read_models
-from worker.io.topics import require_topics
+from worker.io.topics import missing_topics, require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
 from worker.runtime.handler import Handler
 from worker.settings import KafkaSettings
@@ -199,7 +199,13 @@ class Worker:
                 consumer.close()
 
     def _check_topics(self) -> None:
-        require_topics(self.settings.kafka.admin_config(), self.topics.all())
+        """Every topic must exist but ``labels``, which is optional (ARCHITECTURE.md §2):
+        without it labels come inline only, until it is created (_follow_new_partitions)."""
+        admin = self.settings.kafka.admin_config()
+        require_topics(admin, [t for t in self.topics.all() if t != self.topics.labels])
+        if missing_topics(admin, [self.topics.labels]):
+            log.warning("no topic %s: labels come inline only until it is created (checked every %gs)",
+                        self.topics.labels, PARTITIONS_CHECK_S)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -259,9 +265,9 @@ class Worker:
 
     def _follow_new_partitions(self) -> None:
         """Read the partitions added to ``events`` or ``labels`` since the assignment (a
-        topic grown with ``kafka-topics --alter``), from their beginning. A manual
-        assignment does not follow a topic's growth: without this, their events would
-        wait for the next restart. Checked every ``PARTITIONS_CHECK_S``."""
+        topic grown with ``kafka-topics --alter``, or ``labels`` created), from their
+        beginning. A manual assignment does not follow a topic's growth: without this,
+        their messages would wait for the next restart. Checked every ``PARTITIONS_CHECK_S``."""
         if time.monotonic() - self._partitions_checked < PARTITIONS_CHECK_S:
             return
         self._partitions_checked = time.monotonic()
@@ -461,8 +467,17 @@ class Worker:
         return None
 
     def _all_partitions(self) -> list[TopicPartition]:
-        inputs = (self.topics.events, self.topics.labels, self.topics.control)
-        return [TopicPartition(t, p) for t in inputs for p in kafka.partitions_of(self._consumer, t)]
+        """Every partition of the inputs; none of ``labels`` while it does not exist."""
+        out = []
+        for topic in (self.topics.events, self.topics.labels, self.topics.control):
+            try:
+                partitions = kafka.partitions_of(self._consumer, topic)
+            except ConfigError:
+                if topic == self.topics.labels:
+                    continue
+                raise
+            out += [TopicPartition(topic, p) for p in partitions]
+        return out
 
     def _assign(self, offsets: dict[tuple[str, int], int]) -> None:
         """Inputs resume where the committed state ends; with no state, events and labels
