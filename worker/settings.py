@@ -194,8 +194,10 @@ class KafkaSettings:
         }
         return config | dict(self.extra)
 
-    def producer_config(self) -> dict[str, Any]:
-        """Output producer: idempotent; transactional (fixed id per group) for exactly_once."""
+    def producer_config(self, batch_bytes: int | None = None) -> dict[str, Any]:
+        """Output producer: idempotent; transactional (fixed id per group) for exactly_once.
+        ``batch_bytes``: librdkafka's ``batch.size``, when the output topics need batches
+        smaller than its default (see runtime.handler.batch_bytes)."""
         config = self._base() | {
             "enable.idempotence": True,
             "acks": "all",
@@ -212,6 +214,8 @@ class KafkaSettings:
                 # A message must time out before the transaction that carries it.
                 "message.timeout.ms": self.transaction_timeout_ms * 9 // 10,
             }
+        if batch_bytes is not None:
+            config["batch.size"] = batch_bytes
         return config | dict(self.extra)
 
     def admin_config(self) -> dict[str, Any]:

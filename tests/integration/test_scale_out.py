@@ -23,7 +23,14 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.test_worker_exactly_once import grow, produce_to, steady_producer
-from tests.integration.test_worker_io import bad_messages, control, header_map, produce_tracked, status
+from tests.integration.test_worker_io import (
+    bad_messages,
+    control,
+    header_map,
+    produce_tracked,
+    set_max_message_bytes,
+    status,
+)
 
 
 def predictions(bootstrap: str, prefix: str) -> list[dict]:
@@ -285,6 +292,40 @@ def test_a_partition_added_to_events_reaches_the_trainer_and_the_scorers(bootstr
         counted = wait_until(lambda: (n := status(bootstrap, prefix)["counts"]["events"]) == 400 and n, 30,
                              "the trainer to read the new partition")
         assert counted == 400 and f"new partitions: {prefix}events[1]" in trainer.log()
+    finally:
+        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
+    assert codes == [0, 0], [p.log()[-2000:] for p in processes]
+
+
+def test_a_scorer_whose_predictions_the_broker_refuses_serves_them_again_later(bootstrap, unique, tmp_path):
+    """The predictions topic's size limit lowered below a prediction while the scorer
+    runs: each transaction fails (produce() then raises in the failed transaction); the
+    scorer recovers every time, and once the limit is back every event is served once."""
+    prefix = unique("scale-refused") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
+                            "--policy", "manual", "--warmup-labels", "200")
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1")
+    processes = [trainer, s1]
+    try:
+        trainer.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
+        s1.wait_ready()
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 300, 60, "300 predictions")
+
+        set_max_message_bytes(bootstrap, prefix + "predictions", 100)  # a prediction is ~150 bytes
+        # a steady flow, so that produce() is called in transactions that already failed
+        sender = steady_producer(bootstrap, prefix + "events", (event(i) for i in range(300, 2300)),
+                                 rate_per_s=1000)
+        sender.join(60)
+        wait_until(lambda: s1.log().count("transaction failed") >= 3, 30, "refused transactions")
+        assert len(predictions(bootstrap, prefix)) == 300
+        set_max_message_bytes(bootstrap, prefix + "predictions", 1_048_588)
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 2300, 60, "the refused events served again")
+        ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
+        assert ids == Counter(f"e{i}" for i in range(2300)), "each event once"
+        assert "Erroneous state" in s1.log(), "produce() raised in a failed transaction"
+        assert s1.proc.poll() is None
     finally:
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
     assert codes == [0, 0], [p.log()[-2000:] for p in processes]

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from tests.integration.harness import (
     SECRET,
@@ -228,6 +228,63 @@ def test_malformed_events_go_to_the_dlq_and_the_worker_goes_on(bootstrap, unique
             30, "a periodic status report that counts every dead letter",
         )
         assert periodic[-1]["detail"]["counts"]["events"] == len(valid_ids) + 1
+
+
+def set_max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def test_outputs_never_exceed_their_topics_message_size(bootstrap, unique, tmp_path):
+    """A message the broker refuses fails the whole transaction, and every retry the same
+    way: the worker must not write one. A bad event near the DLQ's size limit gets a
+    truncated dead letter; an event whose prediction would be too big (a huge key) is
+    dead-lettered instead of predicted."""
+    prefix = unique("size") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    set_max_message_bytes(bootstrap, prefix + "events.dlq", 20_000)
+    set_max_message_bytes(bootstrap, prefix + "predictions", 20_000)
+    with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
+        big_bad = (b"k" * 15_000, b"{not JSON" + b"x" * 30_000)
+        big_key = (b"u" * 25_000, event(20)[1])
+        records = [event(i) for i in range(20)] + [big_bad, big_key] + [event(i) for i in range(21, 40)]
+        positions = produce_tracked(bootstrap, prefix + "events", records)
+        wait_predicted(bootstrap, prefix, 39)
+        dlq = wait_until(lambda: len(m := read_all(bootstrap, prefix + "events.dlq")) >= 2 and m, 30,
+                         "two dead letters")
+        assert Counter(predicted_ids(bootstrap, prefix)) == Counter(f"e{i}" for i in range(40) if i != 20)
+        first, second = (header_map(m) for m in dlq)
+        assert first["dlq.truncated"] == b"key 15000 bytes, value 30009 bytes"
+        key, value = dlq[0].key(), dlq[0].value()
+        assert (key, value) == (big_bad[0][:len(key)], big_bad[1][:len(value)])  # their beginnings
+        assert len(key) + len(value) < 20_000
+        assert int(first["dlq.original.offset"]) == positions[20][1]
+        assert b"larger than" in second["dlq.error"], second
+        assert int(second["dlq.original.offset"]) == positions[21][1]
+        assert "transaction aborted" not in worker.log()
+
+
+def test_a_message_the_broker_refuses_aborts_the_transaction_and_the_worker_goes_on(
+        bootstrap, unique, tmp_path):
+    """The champion's model refused by `models` (its size limit set below the model's
+    size): each transaction that carries it fails; once the limit is raised the worker
+    goes on, nothing lost, nothing duplicated."""
+    prefix = unique("refused") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    set_max_message_bytes(bootstrap, prefix + "models", 1000)  # a model is ~1.4 KB
+    with running(bootstrap, prefix, tmp_path / "worker.log", "--warmup-labels", "50") as worker:
+        produce(bootstrap, prefix + "events", [event(i) for i in range(100)])
+        wait_until(lambda: "transaction aborted" in worker.log(), 30, "a refused transaction")
+        before = set(predicted_ids(bootstrap, prefix))  # none from the failing transactions
+        assert before <= {f"e{i}" for i in range(49)}, "e49 ends the warm-up: v1 is published with it"
+        set_max_message_bytes(bootstrap, prefix + "models", 8 * 1024 * 1024)
+        ids = wait_predicted(bootstrap, prefix, 100, 60)
+        assert Counter(ids) == Counter(f"e{i}" for i in range(100))
+        assert any(m.key() == b"v1" for m in read_all(bootstrap, prefix + "models"))
+        assert worker.proc.poll() is None
 
 
 # ------------------------------------------------------------ 5. operator commands

@@ -27,6 +27,7 @@ log.addHandler(logging.NullHandler())
 CONNECT_TIMEOUT_S = 8.0
 
 COMPACTED = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)}
+DEFAULT_MESSAGE_BYTES = 1_048_588  # Kafka's default max.message.bytes
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,27 @@ def require_topics(admin_config: dict[str, Any], required: list[str]) -> None:
         raise ConfigError(f"missing topic: {missing[0]} (create it with `worker topics create`)")
     if missing:
         raise ConfigError(f"missing topics: {', '.join(missing)} (create them with `worker topics create`)")
+
+
+def message_limits(admin_config: dict[str, Any], topics: list[str], timeout_s: float = 10) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` (its own setting or the broker's default), so
+    that the worker never writes a message the broker refuses: inside a transaction a
+    refused message fails the transaction, and the retry would fail the same way. A
+    topic whose configuration cannot be read (e.g. no DescribeConfigs permission) gets
+    ``DEFAULT_MESSAGE_BYTES``, Kafka's own default."""
+    admin = _admin(admin_config)
+    resources = {t: ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics}
+    futures = admin.describe_configs(list(resources.values()), request_timeout=timeout_s)
+    limits = {}
+    for name, resource in resources.items():
+        try:
+            entry = futures[resource].result(timeout=timeout_s + 5).get("max.message.bytes")
+            limits[name] = int(entry.value) if entry is not None and entry.value else DEFAULT_MESSAGE_BYTES
+        except (KafkaException, concurrent.futures.TimeoutError, ValueError) as e:
+            log.warning("cannot read max.message.bytes of %s (%s): assuming %d",
+                        name, e, DEFAULT_MESSAGE_BYTES)
+            limits[name] = DEFAULT_MESSAGE_BYTES
+    return limits
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -28,36 +28,92 @@ from worker.io.codec import (
     verify_command,
 )
 from worker.io.models import model_messages, tombstones, versions_to_prune
+from worker.io.topics import DEFAULT_MESSAGE_BYTES
 from worker.settings import TopicNames
 
 log = logging.getLogger("worker.run")
 
 
-def produce_prediction(producer: Producer, topic: str, prediction: Prediction) -> None:
+#: Bytes a message needs on the broker beyond its key, value and headers (the record
+#: batch header is 61 bytes, the rest is length fields; kept generous).
+RECORD_OVERHEAD = 512
+
+
+def batch_bytes(message_bytes: dict[str, int]) -> int | None:
+    """librdkafka's ``batch.size`` for a producer that writes to topics with these
+    ``max.message.bytes``: the broker refuses a batch of several messages larger than
+    the limit (a single message larger than ``batch.size`` is sent alone). None when
+    librdkafka's default (1,000,000) fits them all.
+
+    >>> batch_bytes({"predictions": 1_048_588}), batch_bytes({"predictions": 1_048_588, "dlq": 20_000})
+    (None, 19488)
+    """
+    smallest = min(message_bytes.values(), default=DEFAULT_MESSAGE_BYTES) - RECORD_OVERHEAD
+    return smallest if smallest < 1_000_000 else None
+
+
+def produce_prediction(producer: Producer, topic: str, prediction: Prediction,
+                       max_bytes: int = DEFAULT_MESSAGE_BYTES) -> None:
     """The prediction's message, keyed by its event's key (the entity), else by its id.
-    An unserialisable prediction raises :class:`BadInputError`: its event is dead-lettered."""
-    key = prediction.key if prediction.key is not None else prediction.id
-    producer.produce(topic, value=encode_prediction(prediction), key=key.encode())
+    A prediction that cannot be serialised, or that the topic's ``max_bytes`` would
+    refuse (a huge event key), raises :class:`BadInputError`: its event is dead-lettered.
+    Inside a transaction a refused message would fail the transaction, again on every retry."""
+    key = (prediction.key if prediction.key is not None else prediction.id).encode()
+    value = encode_prediction(prediction)
+    if len(key) + len(value) + RECORD_OVERHEAD > max_bytes:
+        raise BadInputError(f"its prediction ({len(key) + len(value)} bytes with its key) is larger "
+                            f"than {topic} accepts ({max_bytes} bytes)")
+    producer.produce(topic, value=value, key=key)
 
 
 class DeadLetters:
     """Writes the messages that cannot be processed to the dead-letter topic (ARCHITECTURE.md
     §2): their original bytes and key, with the ``dlq.*`` headers. Counts them, and says so
-    in the log at most once a second, so that a flood of bad input cannot flood the log."""
+    in the log at most once a second, so that a flood of bad input cannot flood the log.
 
-    def __init__(self, topic: str) -> None:
+    A message that would not fit in the topic's ``max_bytes`` with its headers (one near
+    the input topic's own limit) keeps the beginning of its key and value and gets a
+    ``dlq.truncated`` header; ``dlq.original.*`` still say where the whole one is."""
+
+    def __init__(self, topic: str, max_bytes: int = DEFAULT_MESSAGE_BYTES) -> None:
         self.topic = topic
+        self.max_bytes = max_bytes
         self.count = 0
         self._logged_at = float("-inf")
 
     def write(self, producer: Producer, msg: Message, reason: str) -> None:
         position = (msg.topic(), msg.partition(), msg.offset())
-        producer.produce(self.topic, value=msg.value(), key=msg.key(), headers=dlq_headers(reason, position))
+        key, value, headers = fit(msg.key(), msg.value(), dlq_headers(reason, position), self.max_bytes)
+        producer.produce(self.topic, value=value, key=key, headers=headers)
         self.count += 1
         now = time.monotonic()
         if now - self._logged_at >= 1.0:
             self._logged_at = now
             log.warning("dead-lettered %s[%d]@%d: %s (%d so far)", *position, reason, self.count)
+
+
+def fit(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+        max_bytes: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """``key``, ``value`` and ``headers`` unchanged when they fit in ``max_bytes`` (nearly
+    always); else the beginnings of key (at most half the room) and value, and a
+    ``dlq.truncated`` header with their full sizes.
+
+    >>> fit(b"k", b"v" * 10, [], 2000)
+    (b'k', b'vvvvvvvvvv', [])
+    >>> key, value, headers = fit(b"k", b"v" * 5000, [("dlq.error", b"not JSON")], 2000)
+    >>> len(key) + len(value) + 512 + len("dlq.error") + len(b"not JSON") <= 2000, headers[-1]
+    (True, ('dlq.truncated', b'key 1 bytes, value 5000 bytes'))
+    """
+    room = max_bytes - RECORD_OVERHEAD - sum(len(name) + len(v) for name, v in headers)
+    key_len, value_len = len(key or b""), len(value or b"")
+    if key_len + value_len <= room:
+        return key, value, headers
+    note = ("dlq.truncated", f"key {key_len} bytes, value {value_len} bytes".encode())
+    room -= len(note[0]) + len(note[1])
+    key_room = min(key_len, room // 2)
+    return (None if key is None else key[:key_room],
+            None if value is None else value[:max(room - key_room, 0)],
+            [*headers, note])
 
 
 class Handler:
@@ -66,7 +122,8 @@ class Handler:
     def __init__(self, engine: Engine, producer: Producer | None, topics: TopicNames, *, limits: Limits,
                  secret: bytes, require_signed_commands: bool, chunk_bytes: int = 1_000_000,
                  serve: bool = True, models_retain: int = 0,
-                 models_on_topic: dict[int, int] | None = None) -> None:
+                 models_on_topic: dict[int, int] | None = None,
+                 message_bytes: dict[str, int] | None = None) -> None:
         self.engine = engine
         # False for `--role trainer`: scorers write the predictions and dead-letter bad
         # events (ARCHITECTURE.md §5); the trainer still learns from every event.
@@ -77,7 +134,10 @@ class Handler:
         self.secret = secret
         self.require_signed = require_signed_commands
         self.chunk_bytes = chunk_bytes
-        self.dead_letters = DeadLetters(topics.dlq)
+        # each output topic's max.message.bytes (topics.message_limits)
+        message_bytes = message_bytes or {}
+        self.prediction_bytes = message_bytes.get(topics.predictions, DEFAULT_MESSAGE_BYTES)
+        self.dead_letters = DeadLetters(topics.dlq, message_bytes.get(topics.dlq, DEFAULT_MESSAGE_BYTES))
         # Versions on `models` (version → its number of chunks), as read at start and
         # written since; at most `models_retain` of them (0: no limit) plus the champion.
         self.models_on_topic = dict(models_on_topic or {})
@@ -90,7 +150,8 @@ class Handler:
             if topic == self.topics.events:
                 prediction = self.engine.process(decode_event(msg.value(), msg.key(), position, self.limits))
                 if emit and self.serve:
-                    produce_prediction(self.producer, self.topics.predictions, prediction)
+                    produce_prediction(self.producer, self.topics.predictions, prediction,
+                                       self.prediction_bytes)
             elif topic == self.topics.labels:
                 self.engine.process_label(decode_label(msg.value(), position, self.limits))
             else:

@@ -33,8 +33,8 @@ from worker.errors import BadInputError, ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import decode_command, decode_event
 from worker.io.models import Catalog, read_catalog, read_models
-from worker.io.topics import require_topics
-from worker.runtime.handler import DeadLetters, produce_prediction
+from worker.io.topics import DEFAULT_MESSAGE_BYTES, message_limits, require_topics
+from worker.runtime.handler import DeadLetters, batch_bytes, produce_prediction
 from worker.runtime.worker import (
     OFFSETS_TIMEOUT_S,
     PARTITIONS_CHECK_S,
@@ -167,6 +167,7 @@ class Scorer:
         self.engine = None  # none here: the /readyz and /metrics helpers look for one
         self.dead_letters = DeadLetters(self.topics.dlq)
         self._handled = 0  # messages in the open transaction
+        self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check)
         self._producer: Any = None
         self._consumer: Any = None
 
@@ -204,7 +205,8 @@ class Scorer:
         aborts what an earlier producer with the id left open (a previous run's, or this
         run's own after a failure) and fences that producer."""
         txn_id = f"worker-{self.settings.kafka.group}-scorer-{self.settings.scorer_id}"
-        producer = kafka.producer({**self.settings.kafka.producer_config(), "transactional.id": txn_id})
+        config = self.settings.kafka.producer_config(batch_bytes(self._message_bytes))
+        producer = kafka.producer({**config, "transactional.id": txn_id})
         producer.init_transactions(TXN_CALL_TIMEOUT_S)
         return producer
 
@@ -213,7 +215,10 @@ class Scorer:
             raise ConfigError("--role scorer needs --guarantee exactly_once")
         names = self.topics
         needed = [names.events, names.predictions, names.control, names.models, names.dlq]
-        require_topics(self.settings.kafka.admin_config(), needed)
+        admin = self.settings.kafka.admin_config()
+        require_topics(admin, needed)
+        self._message_bytes = message_limits(admin, [names.predictions, names.dlq])
+        self.dead_letters = DeadLetters(names.dlq, self._message_bytes[names.dlq])
 
     def _step(self) -> None:
         deadline = time.monotonic() + self.settings.kafka.commit_interval_ms / 1000
@@ -221,8 +226,14 @@ class Scorer:
             self.feed.poll()
             messages = self._consumer.consume(self.settings.max_batch, timeout=min(remaining, 0.01))
             began = time.monotonic()
-            for msg in messages:
-                self._serve(msg)
+            try:
+                for msg in messages:
+                    self._serve(msg)
+            except KafkaException as e:  # produce() in a failed transaction: the rest is served again
+                self._recover(e.args[0])
+                self._handled = 0
+                self._producer.begin_transaction()
+                return
             self.observer.observe_batch(time.monotonic() - began, len(messages))
         began = time.monotonic()
         self._commit()
@@ -242,7 +253,8 @@ class Scorer:
                 raise BadInputError(f"model raised {type(e).__name__}: {e}") from e
             prediction = Prediction(event.id, "champion", self.feed.version, predict_from_proba(proba), proba,
                                     event.ts, event.key)
-            produce_prediction(self._producer, self.topics.predictions, prediction)
+            produce_prediction(self._producer, self.topics.predictions, prediction,
+                               self._message_bytes.get(self.topics.predictions, DEFAULT_MESSAGE_BYTES))
         except BadInputError as e:
             self.dead_letters.write(self._producer, msg, str(e))
             self.observer.dead_letter()

@@ -32,9 +32,9 @@ from worker.errors import ConfigError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
 from worker.io.models import Catalog, read_models
-from worker.io.topics import missing_topics, require_topics
+from worker.io.topics import message_limits, missing_topics, require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
-from worker.runtime.handler import Handler
+from worker.runtime.handler import Handler, batch_bytes
 from worker.settings import KafkaSettings
 
 log = logging.getLogger("worker.run")
@@ -121,6 +121,7 @@ class Worker:
         self._snapshot_events = 0  # engine's event count at the last snapshot
         self._last_commit = 0.0
         self._last_status = time.monotonic()
+        self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check_topics)
         self._partitions_checked = time.monotonic()
         self._leftover: list[Any] = []  # consumed, not yet handled: the next transaction's
         self._span_began: float | None = None  # first message handled in this transaction
@@ -160,7 +161,7 @@ class Worker:
         self.ready = False
         if self._producer is not None:
             self._producer.flush(5)
-        config = self.settings.kafka.producer_config()
+        config = self.settings.kafka.producer_config(batch_bytes(self._message_bytes))
         if not self.exactly_once:
             self._undelivered = 0
             config["on_delivery"] = self._on_delivery
@@ -203,6 +204,8 @@ class Worker:
         without it labels come inline only, until it is created (_follow_new_partitions)."""
         admin = self.settings.kafka.admin_config()
         require_topics(admin, [t for t in self.topics.all() if t != self.topics.labels])
+        self._message_bytes = message_limits(admin, [self.topics.predictions, self.topics.dlq,
+                                                     self.topics.control])
         if missing_topics(admin, [self.topics.labels]):
             log.warning("no topic %s: labels come inline only until it is created (checked every %gs)",
                         self.topics.labels, PARTITIONS_CHECK_S)
@@ -422,6 +425,7 @@ class Worker:
                                 require_signed_commands=self.settings.require_signed_commands,
                                 chunk_bytes=self.settings.chunk_bytes, serve=self.settings.role == "all",
                                 models_retain=self.settings.models_retain,
+                                message_bytes=self._message_bytes,
                                 models_on_topic=on_topic)
 
     def _publish_models(self) -> None:
@@ -534,7 +538,9 @@ class Worker:
                              f"(transactional.id {self.settings.kafka.transactional_id}); exiting")
             log.warning("producer failed (%s): new producer, recovering from the last commit", error.str())
             self._restart()
-        elif error.txn_requires_abort() or error.code() == KafkaError._TIMED_OUT:
+        elif error.txn_requires_abort() or error.code() in (KafkaError._TIMED_OUT, KafkaError._STATE):
+            # _STATE: produce() in a transaction that has already failed (e.g. the broker
+            # refused one of its messages); abort it like any abortable error
             log.warning("transaction aborted (%s): recovering from the last commit", error.str())
             try:
                 self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
