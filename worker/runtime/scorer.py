@@ -141,7 +141,7 @@ class ChampionFeed:
                 catalog = read_models(self._reader_config, self.settings.kafka.topics.models,
                                       chunks_of=(wanted,))
                 model = catalog.load(wanted, self.settings.secret)
-        except SnapshotError as e:  # not published yet (the warm-up), or not ours
+        except (SnapshotError, KafkaException) as e:  # not published yet (the warm-up), not ours, no broker
             self._next_try = time.monotonic() + RETRY_S
             log.info("champion v%d cannot be served yet: %s", wanted, e)
             return
@@ -168,6 +168,7 @@ class Scorer:
         self.dead_letters = DeadLetters(self.topics.dlq)
         self._handled = 0  # messages in the open transaction
         self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check)
+        self._prediction_bytes = DEFAULT_MESSAGE_BYTES
         self._producer: Any = None
         self._consumer: Any = None
 
@@ -218,6 +219,7 @@ class Scorer:
         admin = self.settings.kafka.admin_config()
         require_topics(admin, needed)
         self._message_bytes = message_limits(admin, [names.predictions, names.dlq])
+        self._prediction_bytes = self._message_bytes[names.predictions]
         self.dead_letters = DeadLetters(names.dlq, self._message_bytes[names.dlq])
 
     def _step(self) -> None:
@@ -253,8 +255,7 @@ class Scorer:
                 raise BadInputError(f"model raised {type(e).__name__}: {e}") from e
             prediction = Prediction(event.id, "champion", self.feed.version, predict_from_proba(proba), proba,
                                     event.ts, event.key)
-            produce_prediction(self._producer, self.topics.predictions, prediction,
-                               self._message_bytes.get(self.topics.predictions, DEFAULT_MESSAGE_BYTES))
+            produce_prediction(self._producer, self.topics.predictions, prediction, self._prediction_bytes)
         except BadInputError as e:
             self.dead_letters.write(self._producer, msg, str(e))
             self.observer.dead_letter()
