@@ -128,7 +128,7 @@ def _count_lines(path: Path) -> int:
 RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_ms", "snapshot_interval_s",
             "transaction_timeout_ms", "metrics_port", "secret", "require_signed_commands", "state_dir",
             "max_batch", "fresh", "status_interval_s", "commit_interval_events", "snapshot_interval_events",
-            "role", "scorer_id", "models_retain", "kafka"}
+            "role", "scorer_id", "models_retain", "previous_secrets", "kafka"}
 
 
 @cli.command("run")
@@ -150,6 +150,8 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
 @click.option("--metrics-port", envvar="WORKER_METRICS_PORT", type=click.IntRange(0, 65535),
               help="Serve /metrics, /healthz and /readyz on this port.")
 @click.option("--secret", envvar="WORKER_SECRET", help="Signs snapshots and the worker's commands.")
+@click.option("--previous-secret", "previous_secrets", envvar="WORKER_PREVIOUS_SECRETS", multiple=True,
+              help="A secret before a rotation: what it signed is still accepted; repeatable.")
 @click.option("--require-signed-commands/--accept-unsigned-commands", default=None,
               envvar="WORKER_REQUIRE_SIGNED_COMMANDS",
               help="Reject control commands without a valid signature.")
@@ -168,8 +170,8 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
 @click.option("--log-level", envvar="WORKER_LOG_LEVEL", default="info", show_default=True)
 def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_interval_ms,
                 commit_interval_events, snapshot_interval_s, snapshot_interval_events, status_interval_s,
-                metrics_port, secret, require_signed_commands, fresh, state_dir, kafka_config, role,
-                scorer_id, models_retain, log_level, **engine_flags) -> None:
+                metrics_port, secret, previous_secrets, require_signed_commands, fresh, state_dir,
+                kafka_config, role, scorer_id, models_retain, log_level, **engine_flags) -> None:
     """Serve, evaluate, train and decide on Kafka: the main job."""
     from worker.obs import logs
     from worker.runtime.worker import Worker
@@ -183,7 +185,7 @@ def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_i
              "status_interval_s": status_interval_s, "metrics_port": metrics_port, "secret": secret,
              "state_dir": state_dir, "fresh": fresh,
              "require_signed_commands": require_signed_commands, "role": role, "scorer_id": scorer_id,
-             "models_retain": models_retain}
+             "models_retain": models_retain, "previous_secrets": list(previous_secrets) or None}
     settings = run_settings(config_path, flags, kafka_config)
     if settings.role == "scorer":
         from worker.runtime.scorer import Scorer
@@ -215,8 +217,12 @@ def run_settings(config_path: str | None, flags: dict, kafka_config: tuple[str, 
                                       "transaction_timeout_ms") if k in values},
     )
     secret = values.pop("secret", None)
+    previous = values.pop("previous_secrets", [])
+    if not isinstance(previous, list) or not all(isinstance(p, str) for p in previous):
+        raise ConfigError(f"previous_secrets must be a list of strings, got {previous!r}")
     state_dir = values.pop("state_dir", None)
     return RunSettings(kafka=kafka, secret=(secret or "").encode(),
+                       previous_secrets=tuple(p.encode() for p in previous),
                        **({"state_dir": Path(state_dir)} if state_dir else {}), **values)
 
 
@@ -429,14 +435,17 @@ def models_list(bootstrap, topic_prefix, kafka_config) -> None:
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--secret", envvar="WORKER_SECRET", required=True,
               help="The worker's secret: the model's signature is checked before it is unpickled.")
+@click.option("--previous-secret", "previous_secrets", envvar="WORKER_PREVIOUS_SECRETS", multiple=True,
+              help="A secret before a rotation (models it signed are accepted); repeatable.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Write the river model here as a plain pickle (`pickle.load` gives it back).")
-def models_export(bootstrap, topic_prefix, kafka_config, version: int, secret: str, out: Path) -> None:
+def models_export(bootstrap, topic_prefix, kafka_config, version: int, secret: str,
+                  previous_secrets: tuple[str, ...], out: Path) -> None:
     """Write VERSION's river model to a pickle file; exit 1 if it is not published."""
     import pickle
 
     catalog = _read_models(bootstrap, topic_prefix, kafka_config, chunks_of=(version,))
-    model = catalog.load(version, secret.encode())
+    model = catalog.load(version, [s.encode() for s in (secret, *previous_secrets)])
     out.write_bytes(pickle.dumps(model, protocol=5))
     click.echo(json.dumps({"version": version, "model": repr(model), "out": str(out)}))
 

@@ -1,12 +1,13 @@
 """Champions on the `models` topic (ARCHITECTURE.md §2), against a real broker: the
 worker publishes version 1 when its warm-up ends and every promoted version, and
-`worker models list` / `worker models export` read them back."""
+`worker models list` / `worker models export` read them back; a secret rotation."""
 
 from __future__ import annotations
 
 import pickle
 import subprocess
 import sys
+from collections import Counter
 
 import orjson
 
@@ -19,7 +20,7 @@ from tests.integration.harness import (
     read_all,
     wait_until,
 )
-from tests.integration.test_worker_io import control, running
+from tests.integration.test_worker_io import control, run_briefly, running, the_one_error_line, wait_predicted
 
 
 def models_cli(bootstrap: str, prefix: str, *args: str) -> tuple[int, str, str]:
@@ -196,3 +197,42 @@ def test_old_champions_are_pruned_from_the_topic_and_stay_pruned(bootstrap, uniq
     assert {key for key, value in latest.items() if value is not None} == {"v1", "v1/0"}
     [manifest] = published(bootstrap, prefix)
     assert manifest["created_labelled"] == 0 and manifest["published_labelled"] >= 100, manifest
+
+
+def test_a_secret_rotation_keeps_the_state_the_models_and_the_operators_commands(bootstrap, unique, tmp_path):
+    """Restarted with a new --secret and the old one as --previous-secret, the worker
+    restores its engine, accepts commands and models signed with either, and signs its
+    new snapshot with the new secret only: the next restart needs no previous secret."""
+    prefix = unique("rotate") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    with running(bootstrap, prefix, tmp_path / "old.log", "--warmup-labels", "50", "--policy", "manual"):
+        produce(bootstrap, prefix + "events", [event(i) for i in range(100)])
+        wait_predicted(bootstrap, prefix, 100)
+        code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
+        assert code == 0, (lines, stderr)
+
+    new = ("--secret", "new-secret", "--require-signed-commands")
+    with running(bootstrap, prefix, tmp_path / "rotating.log", *new, "--previous-secret", SECRET) as worker:
+        assert "restored engine: champion v2" in worker.log()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(100, 200)])
+        assert Counter(wait_predicted(bootstrap, prefix, 200)) == Counter(f"e{i}" for i in range(200))
+        for secret in (SECRET, "new-secret"):  # an operator still on the old secret, and one on the new
+            code, lines, stderr = control(bootstrap, prefix, "status", secret=secret)
+            assert code == 0 and lines[-1]["type"] == "command_applied", (secret, lines, stderr)
+        code, lines, _ = control(bootstrap, prefix, "status", secret="a-third-secret")
+        assert code == 1 and lines[-1]["type"] == "command_rejected", lines
+
+    with running(bootstrap, prefix, tmp_path / "new.log", *new) as worker:
+        assert "restored engine: champion v2" in worker.log(), "the last snapshot is signed with the new one"
+    code, stderr, _ = run_briefly("--bootstrap", bootstrap, "--topic-prefix", prefix,
+                                  "--group", prefix + "group", "--secret", "a-third-secret")
+    line = the_one_error_line(stderr)
+    assert code == 1 and "signed with another secret" in line and "--previous-secret" in line, line
+
+    out = tmp_path / "v2.pkl"
+    code, _, stderr = models_cli(bootstrap, prefix, "export", "2", "--secret", "new-secret",
+                                 "--out", str(out))
+    assert code == 1 and "signature mismatch" in stderr, "v2 was published under the old secret"
+    code, _, stderr = models_cli(bootstrap, prefix, "export", "2", "--secret", "new-secret",
+                                 "--previous-secret", SECRET, "--out", str(out))
+    assert code == 0 and out.exists(), stderr

@@ -457,6 +457,9 @@ def test_sign_verify_round_trip():
     assert cmd.signature is not None and len(cmd.signature) == 64
     assert verify_command(fields, SECRET)
     assert not verify_command(fields, b"another secret")
+    # after a rotation: the new secret and the previous ones
+    assert verify_command(fields, (b"new secret", SECRET))
+    assert not verify_command(fields, (b"new secret", b"another secret"))
 
 
 @pytest.mark.parametrize(

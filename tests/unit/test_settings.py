@@ -324,3 +324,19 @@ def test_the_scorer_id_comes_from_the_flag_the_run_table_or_the_host_name(tmp_pa
     assert run_settings(str(config), {"scorer_id": "from-flag"}, ()).scorer_id == "from-flag"
     config.write_text('[run]\nsecret = "s"\n')
     assert run_settings(str(config), {"scorer_id": None}, ()).scorer_id == socket.gethostname()
+
+
+def test_previous_secrets_come_from_the_run_table_or_the_flags(tmp_path):
+    from worker.cli import run_settings
+
+    config = tmp_path / "worker.toml"
+    config.write_text('[run]\nsecret = "new"\nprevious_secrets = ["old", "older"]\n')
+    settings = run_settings(str(config), {}, ())
+    assert settings.secrets == (b"new", b"old", b"older")
+    assert run_settings(str(config), {"previous_secrets": ["flag"]}, ()).secrets == (b"new", b"flag")
+    config.write_text('[run]\nsecret = "new"\nprevious_secrets = "old"\n')
+    with pytest.raises(ConfigError, match="previous_secrets must be a list of strings"):
+        run_settings(str(config), {}, ())
+    config.write_text('[run]\nsecret = "new"\nprevious_secrets = [""]\n')
+    with pytest.raises(ConfigError, match="previous_secrets must be non-empty"):
+        run_settings(str(config), {}, ())

@@ -339,3 +339,14 @@ def test_signed_snapshot_through_chunks():
     blob = state.dump(model, SECRET)
     restored = state.load(join_chunks(split_chunks(blob, 256)), SECRET)
     assert restored.predict_proba_one({"x": 2.0}) == model.predict_proba_one({"x": 2.0})
+
+
+def test_a_rotation_accepts_the_previous_secrets_and_only_them():
+    blob = state.dump({"v": 1}, b"old")
+    assert state.load(blob, [b"new", b"old"]) == {"v": 1}
+    with pytest.raises(SnapshotError, match="signed with another secret"):
+        state.load(blob, [b"new", b"other"])
+    with pytest.raises(ConfigError, match="no snapshot secret"):
+        state.load(blob, [])
+    with pytest.raises(ConfigError, match="empty snapshot secret"):
+        state.load(blob, [b"new", b""])

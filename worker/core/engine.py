@@ -39,7 +39,7 @@ import logging
 import pickle
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker.core import state
@@ -583,8 +583,8 @@ class Engine:
         return state.dump(self, secret, meta=meta)
 
     @classmethod
-    def restore(cls, data: bytes, secret: bytes | str, config: EngineConfig | None = None,
-                observer: Observer | None = None) -> Engine:
+    def restore(cls, data: bytes, secret: bytes | str | Sequence[bytes | str],
+                config: EngineConfig | None = None, observer: Observer | None = None) -> Engine:
         """Rebuild an engine from :meth:`snapshot`. The restored models win over
         ``config``'s specs: a new challenger spec applies to the next challenger."""
         engine = state.load(data, secret)

@@ -31,6 +31,11 @@ Traceback (most recent call last):
 ...
 worker.errors.SnapshotError: signature mismatch: tampered, or signed with another secret
 
+When the secret is rotated, :func:`load` takes the new one and the previous ones: a
+snapshot signed with any of them is accepted (:func:`dump` signs with one only).
+
+>>> state.load(blob, [b"new secret", b"s3cret"])
+{'champion': 7}
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import hmac
 import json
 import pickle
 import platform
+from collections.abc import Sequence
 from typing import Any
 
 import river
@@ -147,13 +153,16 @@ def read_meta(data: bytes) -> dict:
     return _parse(data)[2]
 
 
-def load(data: bytes, secret: bytes | str) -> Any:
+def load(data: bytes, secret: bytes | str | Sequence[bytes | str]) -> Any:
     """Verify a snapshot made by :func:`dump` and return the unpickled object.
 
     Raises `SnapshotError` for anything that is not an intact snapshot signed with
-    ``secret`` — checked in full before unpickling.
+    ``secret`` (or with one of several: the current secret and the previous ones) —
+    checked in full before unpickling.
     """
-    key = _key(secret)
+    keys = [_key(s) for s in (secret if isinstance(secret, list | tuple) else [secret])]
+    if not keys:
+        raise ConfigError("no snapshot secret to verify with")
     signature, header_line, header, payload = _parse(data)
     fmt = header.get("format")
     if fmt != FORMAT_VERSION:
@@ -171,7 +180,7 @@ def load(data: bytes, secret: bytes | str) -> Any:
         raise SnapshotError(
             f"corrupt snapshot: {len(payload) - expected_len} bytes after the payload"
         )
-    if not hmac.compare_digest(signature, _sign(key, header_line, payload)):
+    if not any(hmac.compare_digest(signature, _sign(key, header_line, payload)) for key in keys):
         raise SnapshotError("signature mismatch: tampered, or signed with another secret")
     # Signed by us: from here on the bytes are trusted.
     if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):

@@ -37,7 +37,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,8 +297,9 @@ def sign_command(fields: dict[str, Any], secret: bytes) -> str:
     return hmac.new(_secret(secret), _canonical(fields), hashlib.sha256).hexdigest()
 
 
-def verify_command(raw: dict[str, Any], secret: bytes) -> bool:
-    """Whether ``raw`` (as returned by :func:`decode_command`) carries a valid signature.
+def verify_command(raw: dict[str, Any], secret: bytes | Sequence[bytes]) -> bool:
+    """Whether ``raw`` (as returned by :func:`decode_command`) carries a valid signature
+    under ``secret``, or under one of several (the current secret and previous ones).
 
     ``False`` when the signature is missing, malformed or wrong — never an exception
     for anything a message can contain. Compared in constant time; hex case is ignored.
@@ -306,11 +307,12 @@ def verify_command(raw: dict[str, Any], secret: bytes) -> bool:
     sig = raw.get("signature")
     if type(sig) is not str or not sig.isascii():
         return False
+    secrets = secret if isinstance(secret, list | tuple) else [secret]
     try:
-        expected = sign_command(raw, secret)
+        expected = [sign_command(raw, s) for s in secrets]
     except BadInputError:
         return False
-    return hmac.compare_digest(expected, sig.lower())
+    return any(hmac.compare_digest(e, sig.lower()) for e in expected)
 
 
 def dlq_headers(error: str, position: Position) -> list[tuple[str, bytes]]:

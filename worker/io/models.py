@@ -36,7 +36,7 @@ and chunks of the versions beyond the ``models_retain`` most recent ones
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -99,7 +99,7 @@ class Catalog:
         for key in [k for k in self._latest if b"/" in k and _version_of(k) < version]:
             del self._latest[key]
 
-    def load(self, version: int, secret: bytes) -> Any:
+    def load(self, version: int, secret: bytes | Sequence[bytes]) -> Any:
         """The model of ``version``; a missing, incomplete, tampered or foreign one
         raises :class:`~worker.errors.SnapshotError` before anything is unpickled."""
         manifest = self._latest.get(f"v{version}".encode())

@@ -107,14 +107,14 @@ class KafkaCheckpoints:
 class LocalCheckpoints:
     """At-least-once state: one signed file, replaced atomically."""
 
-    def __init__(self, folder: Path, group: str, secret: bytes) -> None:
+    def __init__(self, folder: Path, group: str, secrets: tuple[bytes, ...]) -> None:
         self.path = folder / f"{group}.snapshot"
-        self.secret = secret
+        self.secrets = secrets  # signs with the first; accepts any (a rotation)
 
     def save(self, snapshot: bytes, offsets: dict[tuple[str, int], int]) -> None:
         """Store an engine snapshot and the next input offsets it reflects."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = state.dump({"snapshot": snapshot, "offsets": offsets}, self.secret)
+        data = state.dump({"snapshot": snapshot, "offsets": offsets}, self.secrets[0])
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("wb") as f:
             f.write(data)
@@ -125,5 +125,5 @@ class LocalCheckpoints:
     def load(self) -> tuple[bytes, dict[tuple[str, int], int]] | None:
         if not self.path.exists():
             return None
-        saved = state.load(self.path.read_bytes(), self.secret)
+        saved = state.load(self.path.read_bytes(), self.secrets)
         return saved["snapshot"], saved["offsets"]

@@ -123,7 +123,8 @@ class Handler:
                  secret: bytes, require_signed_commands: bool, chunk_bytes: int = 1_000_000,
                  serve: bool = True, models_retain: int = 0,
                  models_on_topic: dict[int, int] | None = None,
-                 message_bytes: dict[str, int] | None = None) -> None:
+                 message_bytes: dict[str, int] | None = None,
+                 previous_secrets: tuple[bytes, ...] = ()) -> None:
         self.engine = engine
         # False for `--role trainer`: scorers write the predictions and dead-letter bad
         # events (ARCHITECTURE.md §5); the trainer still learns from every event.
@@ -131,7 +132,8 @@ class Handler:
         self.producer = producer
         self.topics = topics
         self.limits = limits
-        self.secret = secret
+        self.secret = secret  # signs our commands and models
+        self.verify_secrets = (secret, *previous_secrets)  # operators' commands: any of these
         self.require_signed = require_signed_commands
         self.chunk_bytes = chunk_bytes
         # each output topic's max.message.bytes (topics.message_limits)
@@ -169,7 +171,7 @@ class Handler:
         decoded, raw = decode_command(msg.value(), self.limits)
         if not isinstance(decoded, Command):
             return  # a lifecycle event: ours or another worker's answer
-        if self.require_signed and not verify_command(raw, self.secret):
+        if self.require_signed and not verify_command(raw, self.verify_secrets):
             reason = "missing signature" if not raw.get("signature") else "bad signature"
             log.warning("rejected control command %s: %s", decoded.command_id, reason)
             self.engine.reject(decoded, f"{reason}: this worker requires signed commands")

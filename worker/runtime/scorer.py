@@ -136,11 +136,11 @@ class ChampionFeed:
             if not self._catalog.published(wanted):
                 raise SnapshotError(f"version {wanted} is not on the models topic yet")
             try:
-                model = self._catalog.load(wanted, self.settings.secret)
+                model = self._catalog.load(wanted, self.settings.secrets)
             except SnapshotError:  # an older version, forgotten here: read the topic again
                 catalog = read_models(self._reader_config, self.settings.kafka.topics.models,
                                       chunks_of=(wanted,))
-                model = catalog.load(wanted, self.settings.secret)
+                model = catalog.load(wanted, self.settings.secrets)
         except (SnapshotError, KafkaException) as e:  # not published yet (the warm-up), not ours, no broker
             self._next_try = time.monotonic() + RETRY_S
             log.info("champion v%d cannot be served yet: %s", wanted, e)

@@ -28,7 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from worker.core.config import EngineConfig
 from worker.core.engine import Engine
 from worker.core.observer import Observer
-from worker.errors import ConfigError, WorkerError
+from worker.errors import ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
 from worker.io.models import Catalog, read_models
@@ -71,6 +71,9 @@ class RunSettings:
 
     kafka: KafkaSettings
     secret: bytes
+    # Secrets of before a rotation: what they signed (snapshots, models, commands) is
+    # still accepted; everything new is signed with `secret` only.
+    previous_secrets: tuple[bytes, ...] = ()
     require_signed_commands: bool = False
     fresh: bool = False
     max_batch: int = 500
@@ -88,6 +91,8 @@ class RunSettings:
     def __post_init__(self) -> None:
         if not self.secret:
             raise ConfigError("a secret is required to sign snapshots (--secret or WORKER_SECRET)")
+        if not all(isinstance(p, bytes) and p for p in self.previous_secrets):
+            raise ConfigError("previous_secrets must be non-empty strings")
         if self.role not in ROLES:
             raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
         valid_id = isinstance(self.scorer_id, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,100}", self.scorer_id)
@@ -100,6 +105,12 @@ class RunSettings:
         s = self.status_interval_s
         if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s < float("inf"):
             raise ConfigError(f"status_interval_s must be a number of seconds >= 0 (0: off), got {s!r}")
+
+
+    @property
+    def secrets(self) -> tuple[bytes, ...]:
+        """What a signature is checked against: the secret, then the previous ones."""
+        return (self.secret, *self.previous_secrets)
 
 
 class Worker:
@@ -402,7 +413,7 @@ class Worker:
 
     def _recover_from_file(self) -> dict[tuple[str, int], int]:
         settings = self.settings
-        self._local = LocalCheckpoints(settings.state_dir, settings.kafka.group, settings.secret)
+        self._local = LocalCheckpoints(settings.state_dir, settings.kafka.group, settings.secrets)
         saved = None if self._fresh else self._local.load()
         self._new_engine(saved[0] if saved else None)
         if saved:
@@ -412,7 +423,11 @@ class Worker:
     def _new_engine(self, snapshot: bytes | None) -> None:
         self._new_lineage = snapshot is None or self._fresh
         if not self._new_lineage:
-            self.engine = Engine.restore(snapshot, self.settings.secret, self.engine_config)
+            try:
+                self.engine = Engine.restore(snapshot, self.settings.secrets, self.engine_config)
+            except SnapshotError as e:
+                raise SnapshotError(f"the stored state cannot be restored: {e} (after a secret rotation, "
+                                    "pass the old secret as --previous-secret; --fresh starts over)") from e
             log.info("restored engine: champion v%d, challenger v%s, %d events seen",
                      self.engine.champion, self.engine.challenger, self.engine.counts["events"])
         else:
@@ -421,7 +436,7 @@ class Worker:
         self.engine.model_source = self._published_model
         on_topic = {m["version"]: m["chunks"] for m in self._models().manifests()}
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
-                                secret=self.settings.secret,
+                                secret=self.settings.secret, previous_secrets=self.settings.previous_secrets,
                                 require_signed_commands=self.settings.require_signed_commands,
                                 chunk_bytes=self.settings.chunk_bytes, serve=self.settings.role == "all",
                                 models_retain=self.settings.models_retain,
@@ -467,7 +482,7 @@ class Worker:
         there), for a rollback to a version the engine no longer keeps in memory."""
         catalog = self._models(chunks_of=(version,))
         if catalog.published(version) or catalog.pruned(version):
-            return catalog.load(version, self.settings.secret)  # says when it was pruned
+            return catalog.load(version, self.settings.secrets)  # says when it was pruned
         return None
 
     def _all_partitions(self) -> list[TopicPartition]:
