@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from tests.integration.harness import (
+    SECRET,
     WorkerProcess,
     create_all_topics,
     predicted_ids,
@@ -42,3 +47,47 @@ def test_kill_9_loses_nothing_and_the_state_matches_the_offsets(bootstrap, uniqu
         assert status(bootstrap, prefix)["counts"]["events"] == 12_000
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
+
+
+def test_a_snapshot_that_cannot_be_written_is_retried_and_serving_goes_on(bootstrap, unique, tmp_path):
+    """at_least_once: a state folder that cannot take a snapshot (a full disk, here a file
+    in its place) stops nothing — no offset is committed without a snapshot, and the next
+    one succeeds once the folder is back. One that is unusable at start is exit 2."""
+    prefix = unique("alo-disk") + "."
+    create_all_topics(bootstrap, prefix, partitions=1)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    out = subprocess.run([sys.executable, "-m", "worker", "run", "--bootstrap", bootstrap, "--topic-prefix",
+                          prefix, "--secret", SECRET, "--guarantee", "at_least_once",
+                          "--state-dir", str(blocked / "state")], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and f"state_dir {blocked / 'state'} cannot hold the snapshot" in out.stderr
+
+    folder = tmp_path / "state"
+    args = ("--guarantee", "at_least_once", "--state-dir", str(folder), "--snapshot-interval-s", "0.5")
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", *args)
+    try:
+        worker.wait_ready()
+        produce(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(100)))
+        wait_until(lambda: len(predicted_ids(bootstrap, prefix)) >= 100, 60, "100 predictions")
+        shutil.rmtree(folder)
+        folder.write_text("the disk is full")
+        produce(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(100, 200)))
+        wait_until(lambda: len(predicted_ids(bootstrap, prefix)) >= 200, 60, "serving goes on")
+        wait_until(lambda: "cannot write the snapshot" in worker.log(), 30, "the failed snapshot logged")
+        committed = committed_offset(bootstrap, prefix + "group", prefix + "events")
+        assert committed <= 100, "no offset committed past the last snapshot"
+        folder.unlink()
+        wait_until(lambda: committed_offset(bootstrap, prefix + "group", prefix + "events") == 200, 30,
+                   "the next snapshot, then the offsets")
+        assert worker.proc.poll() is None
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log()[-3000:]
+
+
+def committed_offset(bootstrap: str, group: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+    finally:
+        consumer.close()

@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, Producer
 
 from worker.core import state
 from worker.core.chunks import join_chunks, split_chunks
-from worker.errors import SnapshotError
+from worker.errors import ConfigError, SnapshotError
 from worker.io.kafka import read_range
 
 Run = tuple[str, int, int, int]  # topic, partition, first offset, last offset
@@ -111,8 +111,20 @@ class LocalCheckpoints:
         self.path = folder / f"{group}.snapshot"
         self.secrets = secrets  # signs with the first; accepts any (a rotation)
 
+    def check_writable(self) -> None:
+        """Fail at start, not at the first snapshot, when the folder cannot take one."""
+        probe = self.path.with_suffix(".probe")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"state_dir {self.path.parent} cannot hold the snapshot: {e}") from None
+
     def save(self, snapshot: bytes, offsets: dict[tuple[str, int], int]) -> None:
-        """Store an engine snapshot and the next input offsets it reflects."""
+        """Store an engine snapshot and the next input offsets it reflects: written to a
+        temporary file, synced, renamed over the previous one, and the rename synced.
+        Raises ``OSError`` (a full disk…): the previous snapshot stays."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = state.dump({"snapshot": snapshot, "offsets": offsets}, self.secrets[0])
         tmp = self.path.with_suffix(".tmp")
@@ -121,6 +133,11 @@ class LocalCheckpoints:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     def load(self) -> tuple[bytes, dict[tuple[str, int], int]] | None:
         if not self.path.exists():

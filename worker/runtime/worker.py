@@ -133,6 +133,7 @@ class Worker:
         self._last_commit = 0.0
         self._last_status = time.monotonic()
         self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check_topics)
+        self._unsaved = False  # at_least_once: the last local snapshot failed (retried when idle too)
         self._partitions_checked = time.monotonic()
         self._leftover: list[Any] = []  # consumed, not yet handled: the next transaction's
         self._span_began: float | None = None  # first message handled in this transaction
@@ -334,9 +335,10 @@ class Worker:
         every_events = self.settings.snapshot_interval_events
         events_since = self.engine.counts["events"] - self._snapshot_events
         snapshot_due = force_snapshot or (
-            self._runs and (time.monotonic() - self._last_snapshot >= self.settings.kafka.snapshot_interval_s
-                            or self.engine.snapshot_requested
-                            or (every_events and events_since >= every_events))
+            (self._runs or self._unsaved)
+            and (time.monotonic() - self._last_snapshot >= self.settings.kafka.snapshot_interval_s
+                 or self.engine.snapshot_requested
+                 or (every_events and events_since >= every_events))
         )
         idle_for = time.monotonic() - self._last_commit
         if not self._runs and not snapshot_due and not (self.exactly_once and idle_for >= HEARTBEAT_S):
@@ -414,6 +416,7 @@ class Worker:
     def _recover_from_file(self) -> dict[tuple[str, int], int]:
         settings = self.settings
         self._local = LocalCheckpoints(settings.state_dir, settings.kafka.group, settings.secrets)
+        self._local.check_writable()
         saved = None if self._fresh else self._local.load()
         self._new_engine(saved[0] if saved else None)
         if saved:
@@ -532,8 +535,15 @@ class Worker:
             self._restart()
             return
         positions = self._processed_offsets()
-        self._local.save(self.engine.snapshot(self.settings.secret),
-                         {(tp.topic, tp.partition): tp.offset for tp in positions})
+        try:
+            self._local.save(self.engine.snapshot(self.settings.secret),
+                             {(tp.topic, tp.partition): tp.offset for tp in positions})
+        except OSError as e:  # a full disk: go on serving; nothing is committed without a snapshot
+            log.warning("cannot write the snapshot to %s (%s): offsets not committed, retrying at the next "
+                        "snapshot interval", self._local.path, e)
+            self._last_snapshot, self._unsaved = time.monotonic(), True
+            return
+        self._unsaved = False
         if positions:
             self._consumer.commit(offsets=positions, asynchronous=False)
         self._last_snapshot = time.monotonic()
