@@ -9,6 +9,7 @@ import signal
 import urllib.error
 import urllib.request
 from collections import Counter
+from contextlib import contextmanager
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -220,21 +221,33 @@ def test_scorers_serve_on_while_the_trainer_is_down_and_follow_its_restart(boots
     assert codes == [0, 0], [p.log()[-2000:] for p in processes]
 
 
+@contextmanager
+def trainer_and_scorer(bootstrap: str, prefix: str, tmp_path, *scorer_args: str):
+    """A trainer (manual policy) and scorer s1, once the scorer has served the 300 events
+    e0…e299 with v1; at the end both must stop cleanly."""
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
+                            "--policy", "manual", "--warmup-labels", "200")
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", *scorer_args)
+    try:
+        trainer.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
+        s1.wait_ready()
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 300, 60, "300 predictions")
+        yield trainer, s1
+        assert s1.proc.poll() is None and trainer.proc.poll() is None
+    finally:
+        codes = [p.stop(60) for p in (trainer, s1) if p.proc.poll() is None]
+    assert codes == [0, 0], [p.log()[-2000:] for p in (trainer, s1)]
+
+
 def test_a_scorer_dead_letters_bad_events_once_and_serves_on(bootstrap, unique, tmp_path):
     """The ten malformed messages of the worker's test, and an event the model raises on,
     between valid events: the scorer writes each to the DLQ once, with its headers, in the
     transaction of its interval; the trainer, which reads the same events, writes none."""
     prefix = unique("scale-dlq") + "."
     create_all_topics(bootstrap, prefix, 2)
-    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
-                            "--policy", "manual", "--warmup-labels", "200")
     port = free_port()
-    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", "--metrics-port", str(port))
-    processes = [trainer, s1]
-    try:
-        trainer.wait_ready()
-        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
-        s1.wait_ready()
+    with trainer_and_scorer(bootstrap, prefix, tmp_path, "--metrics-port", str(port)) as (trainer, s1):
         raises = b'{"id": "m", "features": {"a": "text", "b": 1.0}}'  # a number was learned for "a"
         bad = [*bad_messages(), ("model raises", raises, "model raised")]
         records: list[tuple[bytes | None, bytes]] = []
@@ -244,8 +257,8 @@ def test_a_scorer_dead_letters_bad_events_once_and_serves_on(bootstrap, unique, 
         positions = produce_tracked(bootstrap, prefix + "events", records)
         valid = 300 + 3 * len(bad)
 
-        dlq = wait_until(lambda: len(m := read_all(bootstrap, prefix + "events.dlq")) >= len(bad) and m,
-                         60, f"{len(bad)} dead letters")
+        wait_until(lambda: len(read_all(bootstrap, prefix + "events.dlq")) >= len(bad), 60,
+                   f"{len(bad)} dead letters")
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= valid, 60, f"{valid} predictions")
         counted = {"events": valid, "undecodable": len(bad) - 1, "bad": 1}  # the trainer counts them all
         wait_until(lambda: {k: status(bootstrap, prefix)["counts"][k] for k in counted} == counted, 30,
@@ -265,25 +278,12 @@ def test_a_scorer_dead_letters_bad_events_once_and_serves_on(bootstrap, unique, 
         metrics = http(port, "/metrics")[1]
         assert f"worker_dead_letters_total {float(len(bad))}" in metrics
         assert "dead-lettered" in s1.log() and "dead-lettered" not in trainer.log()
-        assert s1.proc.poll() is None and trainer.proc.poll() is None
-    finally:
-        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
-    assert codes == [0, 0], [p.log()[-2000:] for p in processes]
 
 
 def test_a_partition_added_to_events_reaches_the_trainer_and_the_scorers(bootstrap, unique, tmp_path):
     prefix = unique("scale-grow") + "."
     create_all_topics(bootstrap, prefix, 1)
-    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
-                            "--policy", "manual", "--warmup-labels", "200")
-    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1")
-    processes = [trainer, s1]
-    try:
-        trainer.wait_ready()
-        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
-        s1.wait_ready()
-        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 300, 60, "300 predictions")
-
+    with trainer_and_scorer(bootstrap, prefix, tmp_path) as (trainer, _s1):
         grow(bootstrap, [prefix + "events"], 2)
         produce_to(bootstrap, prefix + "events", 1, [event(i) for i in range(300, 400)])
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 400, 60, "the new partition's predictions")
@@ -292,9 +292,6 @@ def test_a_partition_added_to_events_reaches_the_trainer_and_the_scorers(bootstr
         counted = wait_until(lambda: (n := status(bootstrap, prefix)["counts"]["events"]) == 400 and n, 30,
                              "the trainer to read the new partition")
         assert counted == 400 and f"new partitions: {prefix}events[1]" in trainer.log()
-    finally:
-        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
-    assert codes == [0, 0], [p.log()[-2000:] for p in processes]
 
 
 def test_a_scorer_whose_predictions_the_broker_refuses_serves_them_again_later(bootstrap, unique, tmp_path):
@@ -303,16 +300,7 @@ def test_a_scorer_whose_predictions_the_broker_refuses_serves_them_again_later(b
     scorer recovers every time, and once the limit is back every event is served once."""
     prefix = unique("scale-refused") + "."
     create_all_topics(bootstrap, prefix, 1)
-    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
-                            "--policy", "manual", "--warmup-labels", "200")
-    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1")
-    processes = [trainer, s1]
-    try:
-        trainer.wait_ready()
-        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
-        s1.wait_ready()
-        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 300, 60, "300 predictions")
-
+    with trainer_and_scorer(bootstrap, prefix, tmp_path) as (_trainer, s1):
         set_max_message_bytes(bootstrap, prefix + "predictions", 100)  # a prediction is ~150 bytes
         # a steady flow, so that produce() is called in transactions that already failed
         sender = steady_producer(bootstrap, prefix + "events", (event(i) for i in range(300, 2300)),
@@ -325,7 +313,3 @@ def test_a_scorer_whose_predictions_the_broker_refuses_serves_them_again_later(b
         ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
         assert ids == Counter(f"e{i}" for i in range(2300)), "each event once"
         assert "Erroneous state" in s1.log(), "produce() raised in a failed transaction"
-        assert s1.proc.poll() is None
-    finally:
-        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
-    assert codes == [0, 0], [p.log()[-2000:] for p in processes]
