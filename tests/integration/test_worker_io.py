@@ -506,6 +506,24 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique):
         assert code == 2 and elapsed < 15, stderr
         assert problem in line, line
 
+    # topics made by hand with a shape that breaks a guarantee
+    for broken, config, partitions, problem in (
+        ("control", {}, 2, "the control topic must have exactly 1"),
+        ("worker_state", {"cleanup.policy": "delete"}, 1, "it must be compacted"),
+    ):
+        prefix = unique(f"shape-{broken.replace('_', '-')}") + "."
+        names = TopicNames.from_prefix(prefix)
+        specs = {s.name: s for s in topic_specs(names, 1)}
+        name = getattr(names, broken)
+        specs[name] = type(specs[name])(name, partitions, config)
+        for future in admin.create_topics([NewTopic(s.name, s.partitions, 1, config=s.config)
+                                           for s in specs.values()]).values():
+            future.result(timeout=30)
+        code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", prefix)
+        line = the_one_error_line(stderr)
+        assert code == 2 and elapsed < 15, stderr
+        assert problem in line and name in line, line
+
     # the operator's side: `worker control` to a deployment without its control topic
     code, lines, stderr = control(bootstrap, unique("none") + ".", "status", wait_s=5)
     line = the_one_error_line(stderr)

@@ -130,6 +130,16 @@ def require_topics(admin_config: dict[str, Any], required: list[str]) -> None:
         raise ConfigError(f"missing topics: {', '.join(missing)} (create them with `worker topics create`)")
 
 
+def check_shapes(admin_config: dict[str, Any], names: TopicNames, timeout_s: float = 10) -> None:
+    """Refuse a control topic with more than one partition, or a models / worker-state
+    topic that is not compacted (:class:`ConfigError`): topics made by hand, not by
+    `worker topics create`, are checked at `worker run`'s start the same way. A
+    worker-state with time retention would lose the snapshot a restart needs."""
+    shaped = (names.control, names.models, names.worker_state)
+    specs = [s for s in topic_specs(names, 1) if s.name in shaped]
+    _check_existing(_admin(admin_config), admin_config, specs, names.control, timeout_s)
+
+
 def message_limits(admin_config: dict[str, Any], topics: list[str], timeout_s: float = 10) -> dict[str, int]:
     """Each topic's ``max.message.bytes`` (its own setting or the broker's default), so
     that the worker never writes a message the broker refuses: inside a transaction a

@@ -32,7 +32,7 @@ from worker.errors import ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
 from worker.io.models import Catalog, read_models
-from worker.io.topics import message_limits, missing_topics, require_topics
+from worker.io.topics import check_shapes, message_limits, missing_topics, require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
 from worker.runtime.handler import Handler, batch_bytes
 from worker.settings import KafkaSettings
@@ -216,6 +216,7 @@ class Worker:
         without it labels come inline only, until it is created (_follow_new_partitions)."""
         admin = self.settings.kafka.admin_config()
         require_topics(admin, [t for t in self.topics.all() if t != self.topics.labels])
+        check_shapes(admin, self.topics)
         self._message_bytes = message_limits(admin, [self.topics.predictions, self.topics.dlq,
                                                      self.topics.control])
         if missing_topics(admin, [self.topics.labels]):
