@@ -83,7 +83,8 @@ class DeadLetters:
 
     def write(self, producer: Producer, msg: Message, reason: str) -> None:
         position = (msg.topic(), msg.partition(), msg.offset())
-        key, value, headers = fit(msg.key(), msg.value(), dlq_headers(reason, position), self.max_bytes)
+        key, value, headers = fit_dead_letter(msg.key(), msg.value(), dlq_headers(reason, position),
+                                              self.max_bytes)
         producer.produce(self.topic, value=value, key=key, headers=headers)
         self.count += 1
         now = time.monotonic()
@@ -92,15 +93,15 @@ class DeadLetters:
             log.warning("dead-lettered %s[%d]@%d: %s (%d so far)", *position, reason, self.count)
 
 
-def fit(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
-        max_bytes: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+def fit_dead_letter(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+                    max_bytes: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
     """``key``, ``value`` and ``headers`` unchanged when they fit in ``max_bytes`` (nearly
     always); else the beginnings of key (at most half the room) and value, and a
     ``dlq.truncated`` header with their full sizes.
 
-    >>> fit(b"k", b"v" * 10, [], 2000)
+    >>> fit_dead_letter(b"k", b"v" * 10, [], 2000)
     (b'k', b'vvvvvvvvvv', [])
-    >>> key, value, headers = fit(b"k", b"v" * 5000, [("dlq.error", b"not JSON")], 2000)
+    >>> key, value, headers = fit_dead_letter(b"k", b"v" * 5000, [("dlq.error", b"not JSON")], 2000)
     >>> len(key) + len(value) + 512 + len("dlq.error") + len(b"not JSON") <= 2000, headers[-1]
     (True, ('dlq.truncated', b'key 1 bytes, value 5000 bytes'))
     """
