@@ -213,7 +213,8 @@ class Worker:
 
     def _check_topics(self) -> None:
         """Every topic must exist but ``labels``, which is optional (ARCHITECTURE.md §2):
-        without it labels come inline only, until it is created (_follow_new_partitions)."""
+        without it labels come inline only, until it is created (_follow_new_partitions).
+        Also checks their shapes, and reads the outputs' size limits (handler.DeadLetters)."""
         admin = self.settings.kafka.admin_config()
         require_topics(admin, [t for t in self.topics.all() if t != self.topics.labels])
         check_shapes(admin, self.topics)
