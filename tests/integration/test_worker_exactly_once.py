@@ -232,3 +232,28 @@ def test_partitions_added_to_the_inputs_are_read_and_survive_a_crash(bootstrap, 
     finally:
         code = worker.stop()
     assert code == 0, worker.log()[-3000:]
+
+
+def test_two_deployments_sharing_a_group_stop_fencing_each_other(bootstrap, unique, tmp_path):
+    """Two prefixes, one --group: the same transactional.id. Neither sees the other in
+    its own worker-state, so each took the other's fencing for a timed-out transaction
+    of its own and fenced back, forever. Now the third such failure within a minute
+    stops a worker with a message that names the cause; the other one goes on."""
+    group = unique("shared") + ".group"
+    workers = []
+    for name in ("a", "b"):
+        prefix = unique(f"deploy-{name}") + "."
+        create_all_topics(bootstrap, prefix, partitions=1)
+        workers.append((prefix, WorkerProcess(bootstrap, prefix, tmp_path / f"{name}.log", "--group", group)))
+        workers[-1][1].wait_ready()
+    try:
+        wait_until(lambda: any(w.proc.poll() is not None for _, w in workers), 120, "one worker to stop")
+        [(_, stopped)] = [(p, w) for p, w in workers if w.proc.poll() is not None]
+        [(prefix, survivor)] = [(p, w) for p, w in workers if w.proc.poll() is None]
+        assert stopped.proc.returncode != 0
+        assert f"does another deployment use group {group!r}? Give each its own --group" in stopped.log()
+        produce(bootstrap, prefix + "events", [drifting_event(i, 10**9) for i in range(100)])
+        assert wait_for_predictions(bootstrap, prefix, 100, 60) == Counter(f"e{i}" for i in range(100))
+    finally:
+        codes = [w.stop() for _, w in workers if w.proc.poll() is None]
+    assert codes == [0], [w.log()[-2000:] for _, w in workers]

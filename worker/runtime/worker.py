@@ -134,6 +134,7 @@ class Worker:
         self._last_status = time.monotonic()
         self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check_topics)
         self._unsaved = False  # at_least_once: the last local snapshot failed (retried when idle too)
+        self._unexplained_failures: list[float] = []  # when the producer failed fatally, not taken over
         self._partitions_checked = time.monotonic()
         self._leftover: list[Any] = []  # consumed, not yet handled: the next transaction's
         self._span_began: float | None = None  # first message handled in this transaction
@@ -560,9 +561,19 @@ class Worker:
             self._producer, self.ready = None, False  # a call is still blocked inside it: let it be
             self._restart()
         elif kafka.is_fatal(error):
+            group, txn_id = self.settings.kafka.group, self.settings.kafka.transactional_id
             if self.exactly_once and self._taken_over():
-                raise Fenced(f"fenced: another instance of group {self.settings.kafka.group!r} took over "
-                             f"(transactional.id {self.settings.kafka.transactional_id}); exiting")
+                raise Fenced(f"fenced: another instance of group {group!r} took over "
+                             f"(transactional.id {txn_id}); exiting")
+            now = time.monotonic()
+            self._unexplained_failures = [t for t in self._unexplained_failures if now - t < 60] + [now]
+            if len(self._unexplained_failures) >= 3:
+                # Not a newer instance of ours (it would have written to our worker-state),
+                # yet fenced again and again: another deployment (another topic prefix) with
+                # the same group. Recovering would fence it in turn, forever.
+                raise Fenced(f"fenced 3 times within a minute by a producer with transactional.id {txn_id} "
+                             f"that is not an instance of this deployment: does another deployment use "
+                             f"group {group!r}? Give each its own --group; exiting")
             log.warning("producer failed (%s): new producer, recovering from the last commit", error.str())
             self._restart()
         elif error.txn_requires_abort() or error.code() in (KafkaError._TIMED_OUT, KafkaError._STATE):
