@@ -459,7 +459,7 @@ def the_one_error_line(stderr: str) -> str:
     return errors[0]
 
 
-def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique):
+def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
     # a missing topic
     prefix = unique("miss") + "."
     names = TopicNames.from_prefix(prefix)
@@ -505,6 +505,18 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique):
         line = the_one_error_line(stderr)
         assert code == 2 and elapsed < 15, stderr
         assert problem in line, line
+
+    # a transaction timeout above what the broker allows (its default maximum is 15 minutes)
+    config = tmp_path / "worker.toml"
+    config.write_text("[run]\ntransaction_timeout_ms = 3600000\n")
+    complete = unique("timeout") + "."
+    create_all_topics(bootstrap, complete, 1)
+    for role in ("all", "scorer"):
+        code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", complete,
+                                            "--config", str(config), "--role", role)
+        line = the_one_error_line(stderr)
+        assert code == 2 and elapsed < 15, stderr
+        assert "the broker refused the worker's set-up" in line and "transaction" in line, line
 
     # topics made by hand with a shape that breaks a guarantee
     for broken, config, partitions, problem in (

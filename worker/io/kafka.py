@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, WorkerError
 
 log = logging.getLogger("worker.kafka")
 
@@ -224,3 +224,21 @@ def is_fatal(error: KafkaError) -> bool:
     """The producer is unusable: fenced (by a newer instance, or by the broker after a
     transaction timed out), or another fatal error (`produce` then reports `_FATAL`)."""
     return error.fatal() or error.code() in FENCED
+
+
+#: Errors that mean the configuration or the cluster's permissions are wrong: no retry helps.
+_REFUSED_SETUP = frozenset({
+    KafkaError.INVALID_TRANSACTION_TIMEOUT, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+})
+
+
+def start_error(error: KafkaError) -> WorkerError:
+    """What a Kafka error while starting up means, as one line: :class:`ConfigError` (exit
+    2) when the settings or the permissions are wrong, else :class:`WorkerError`."""
+    if error.code() in _REFUSED_SETUP:
+        hint = (" (transaction_timeout_ms above the broker's transaction.max.timeout.ms?)"
+                if error.code() == KafkaError.INVALID_TRANSACTION_TIMEOUT else "")
+        return ConfigError(f"the broker refused the worker's set-up: {error.str()}{hint}")
+    return WorkerError(f"cannot start: {error.str()}")

@@ -177,7 +177,11 @@ class Scorer:
         self._check()
         install_stop_signals(self, "committing, then leaving the group")
         kafka_settings, group = self.settings.kafka, self.settings.kafka.group
-        self._producer = self._new_producer()
+        try:
+            self._producer = self._new_producer()
+        except KafkaException as e:
+            self.feed.close()
+            raise kafka.start_error(e.args[0]) from None
         try:
             self.feed.start()
             while self.feed.model is None and not self.stopping:

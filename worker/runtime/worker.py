@@ -156,7 +156,11 @@ class Worker:
         config = {**self.settings.kafka.consumer_config(), "error_cb": self._on_client_error}
         self._consumer = kafka.consumer(config)
         self._control_consumer = kafka.consumer(config)  # the same group: one set of offsets
-        self._start()
+        try:
+            self._start()
+        except KafkaException as e:  # e.g. a transaction timeout the broker does not allow
+            self._close()
+            raise kafka.start_error(e.args[0]) from None
         try:
             while not self.stopping:
                 try:
