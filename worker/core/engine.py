@@ -585,8 +585,9 @@ class Engine:
     @classmethod
     def restore(cls, data: bytes, secret: bytes | str | Sequence[bytes | str],
                 config: EngineConfig | None = None, observer: Observer | None = None) -> Engine:
-        """Rebuild an engine from :meth:`snapshot`. The restored models win over
-        ``config``'s specs: a new challenger spec applies to the next challenger."""
+        """Rebuild an engine from :meth:`snapshot`, signed with ``secret`` or one of several
+        (after a rotation). The restored models win over ``config``'s specs: a new
+        challenger spec applies to the next challenger."""
         engine = state.load(data, secret)
         if not isinstance(engine, cls):
             raise SnapshotError(f"the snapshot holds a {type(engine).__name__}, not an engine")
