@@ -95,6 +95,17 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0, isolation: str
         consumer.close()
 
 
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    """The group's committed offset of each partition of ``topic`` (negative: none yet).
+    Under exactly-once they move with the transactions that commit the outputs."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return [tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in range(partitions)],
+                                                       timeout=10)]
+    finally:
+        consumer.close()
+
+
 def json_values(messages: list) -> list[dict]:
     return [orjson.loads(m.value()) for m in messages]
 

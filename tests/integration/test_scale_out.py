@@ -11,10 +11,9 @@ import urllib.request
 from collections import Counter
 from contextlib import contextmanager
 
-from confluent_kafka import Consumer, TopicPartition
-
 from tests.integration.harness import (
     WorkerProcess,
+    committed_offsets,
     create_all_topics,
     event,
     free_port,
@@ -116,15 +115,6 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
     finally:
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
     assert codes == [0, 0, 0], [p.log()[-2000:] for p in processes]
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        return [tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in range(partitions)],
-                                                       timeout=10)]
-    finally:
-        consumer.close()
 
 
 def test_a_scorer_frozen_past_its_session_timeout_commits_nothing_it_lost(bootstrap, unique, tmp_path):

@@ -8,11 +8,11 @@ import sys
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from tests.integration.harness import (
     SECRET,
     WorkerProcess,
+    committed_offsets,
     create_all_topics,
     predicted_ids,
     produce,
@@ -74,20 +74,13 @@ def test_a_snapshot_that_cannot_be_written_is_retried_and_serving_goes_on(bootst
         produce(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(100, 200)))
         wait_until(lambda: len(predicted_ids(bootstrap, prefix)) >= 200, 60, "serving goes on")
         wait_until(lambda: "cannot write the snapshot" in worker.log(), 30, "the failed snapshot logged")
-        committed = committed_offset(bootstrap, prefix + "group", prefix + "events")
+        [committed] = committed_offsets(bootstrap, prefix + "group", prefix + "events", 1)
         assert committed <= 100, "no offset committed past the last snapshot"
         folder.unlink()
-        wait_until(lambda: committed_offset(bootstrap, prefix + "group", prefix + "events") == 200, 30,
+        wait_until(lambda: committed_offsets(bootstrap, prefix + "group", prefix + "events", 1) == [200], 30,
                    "the next snapshot, then the offsets")
         assert worker.proc.poll() is None
     finally:
         code = worker.stop()
     assert code == 0, worker.log()[-3000:]
 
-
-def committed_offset(bootstrap: str, group: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        return consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
-    finally:
-        consumer.close()
