@@ -52,8 +52,7 @@ def batch_bytes(message_bytes: dict[str, int]) -> int | None:
     return smallest if smallest < 1_000_000 else None
 
 
-def produce_prediction(producer: Producer, topic: str, prediction: Prediction,
-                       max_bytes: int = DEFAULT_MESSAGE_BYTES) -> None:
+def produce_prediction(producer: Producer, topic: str, prediction: Prediction, max_bytes: int) -> None:
     """The prediction's message, keyed by its event's key (the entity), else by its id.
     A prediction that cannot be serialised, or that the topic's ``max_bytes`` would
     refuse (a huge event key), raises :class:`BadInputError`: its event is dead-lettered.
@@ -121,11 +120,10 @@ class Handler:
     """Routes messages by topic; writes predictions, dead letters and control messages."""
 
     def __init__(self, engine: Engine, producer: Producer | None, topics: TopicNames, *, limits: Limits,
-                 secret: bytes, require_signed_commands: bool, chunk_bytes: int = 1_000_000,
+                 secrets: tuple[bytes, ...], require_signed_commands: bool, chunk_bytes: int = 1_000_000,
                  serve: bool = True, models_retain: int = 0,
                  models_on_topic: dict[int, int] | None = None,
-                 message_bytes: dict[str, int] | None = None,
-                 previous_secrets: tuple[bytes, ...] = ()) -> None:
+                 message_bytes: dict[str, int] | None = None) -> None:
         self.engine = engine
         # False for `--role trainer`: scorers write the predictions and dead-letter bad
         # events (ARCHITECTURE.md §5); the trainer still learns from every event.
@@ -133,8 +131,9 @@ class Handler:
         self.producer = producer
         self.topics = topics
         self.limits = limits
-        self.secret = secret  # signs our commands and models
-        self.verify_secrets = (secret, *previous_secrets)  # operators' commands: any of these
+        # the first signs our commands and models; operators' commands may carry any
+        # (RunSettings.secrets: the current secret, then those of before a rotation)
+        self.secret, self.secrets = secrets[0], secrets
         self.require_signed = require_signed_commands
         self.chunk_bytes = chunk_bytes
         # each output topic's max.message.bytes (topics.message_limits)
@@ -172,7 +171,7 @@ class Handler:
         decoded, raw = decode_command(msg.value(), self.limits)
         if not isinstance(decoded, Command):
             return  # a lifecycle event: ours or another worker's answer
-        if self.require_signed and not verify_command(raw, self.verify_secrets):
+        if self.require_signed and not verify_command(raw, self.secrets):
             reason = "missing signature" if not raw.get("signature") else "bad signature"
             log.warning("rejected control command %s: %s", decoded.command_id, reason)
             self.engine.reject(decoded, f"{reason}: this worker requires signed commands")

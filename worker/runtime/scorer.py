@@ -167,8 +167,9 @@ class Scorer:
         self.engine = None  # none here: the /readyz and /metrics helpers look for one
         self.dead_letters = DeadLetters(self.topics.dlq)
         self._handled = 0  # messages in the open transaction
-        self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check)
+        # from the outputs' max.message.bytes, read in _check
         self._prediction_bytes = DEFAULT_MESSAGE_BYTES
+        self._batch_bytes: int | None = None
         self._producer: Any = None
         self._consumer: Any = None
 
@@ -210,7 +211,7 @@ class Scorer:
         aborts what an earlier producer with the id left open (a previous run's, or this
         run's own after a failure) and fences that producer."""
         txn_id = f"worker-{self.settings.kafka.group}-scorer-{self.settings.scorer_id}"
-        config = self.settings.kafka.producer_config(batch_bytes(self._message_bytes))
+        config = self.settings.kafka.producer_config(self._batch_bytes)
         producer = kafka.producer({**config, "transactional.id": txn_id})
         producer.init_transactions(TXN_CALL_TIMEOUT_S)
         return producer
@@ -222,9 +223,9 @@ class Scorer:
         needed = [names.events, names.predictions, names.control, names.models, names.dlq]
         admin = self.settings.kafka.admin_config()
         require_topics(admin, needed)
-        self._message_bytes = message_limits(admin, [names.predictions, names.dlq])
-        self._prediction_bytes = self._message_bytes[names.predictions]
-        self.dead_letters = DeadLetters(names.dlq, self._message_bytes[names.dlq])
+        limits = message_limits(admin, [names.predictions, names.dlq])
+        self._prediction_bytes, self.dead_letters.max_bytes = limits[names.predictions], limits[names.dlq]
+        self._batch_bytes = batch_bytes(limits)
 
     def _step(self) -> None:
         deadline = time.monotonic() + self.settings.kafka.commit_interval_ms / 1000

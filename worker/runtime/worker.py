@@ -106,7 +106,6 @@ class RunSettings:
         if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s < float("inf"):
             raise ConfigError(f"status_interval_s must be a number of seconds >= 0 (0: off), got {s!r}")
 
-
     @property
     def secrets(self) -> tuple[bytes, ...]:
         """What a signature is checked against: the secret, then the previous ones."""
@@ -446,7 +445,7 @@ class Worker:
         self.engine.model_source = self._published_model
         on_topic = {m["version"]: m["chunks"] for m in self._models().manifests()}
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
-                                secret=self.settings.secret, previous_secrets=self.settings.previous_secrets,
+                                secrets=self.settings.secrets,
                                 require_signed_commands=self.settings.require_signed_commands,
                                 chunk_bytes=self.settings.chunk_bytes, serve=self.settings.role == "all",
                                 models_retain=self.settings.models_retain,
