@@ -200,6 +200,27 @@ def test_empty_key_is_no_key_and_unicode_key():
     assert decode_event(ev(), "über".encode(), POS).key == "über"
 
 
+@pytest.mark.parametrize(
+    ("ts", "why"),
+    [
+        (1764160000123, "; 1764160000123 looks like milliseconds"),
+        (1764160000123456, "; 1764160000123456 looks like microseconds"),
+        (-1.7e18, "; -1.7e+18 looks like nanoseconds"),
+        (1e30, ""),
+    ],
+)
+def test_ts_in_milliseconds_or_beyond_is_refused(ts, why):
+    """One event in milliseconds would age every pending prediction by millennia."""
+    expected = "ts must be seconds since the epoch (|ts| < 1e+11)" + why
+    for decode in (lambda: decode_event(ev(ts=ts), None, POS),
+                   lambda: decode_label(orjson.dumps({"id": "e1", "label": True, "ts": ts}), POS)):
+        with pytest.raises(BadInputError) as excinfo:
+            decode()
+        assert reason(excinfo) == expected
+    assert decode_event(ev(ts=99_999_999_999.5), None, POS).ts == 99_999_999_999.5
+    assert decode_event(ev(ts=-5.0), None, POS).ts == -5.0
+
+
 def test_int_ts_becomes_float():
     e = decode_event(ev(ts=1764160000), None, POS)
     assert e.ts == 1764160000.0 and type(e.ts) is float

@@ -72,6 +72,9 @@ __all__ = [
 
 #: Longest ``dlq.error`` header value, in characters.
 MAX_ERROR_CHARS = 1000
+#: Bound of an event's or label's ``ts`` in seconds (about the year 5138): milliseconds
+#: since the epoch are above it for any date after 1973.
+MAX_TS = 1e11
 #: How much of a feature name a reason quotes.
 _QUOTE_CHARS = 64
 
@@ -407,7 +410,7 @@ def _event(obj: dict[str, Any], key: str | None, position: Position | None, limi
         label = _label_value(label, limits)
     ts = obj.get("ts")
     if ts is not None:
-        ts = _number(ts, "ts")
+        ts = _timestamp(ts)
     return Event(id_, features, label, ts, key, position)
 
 
@@ -447,7 +450,7 @@ def _label(obj: dict[str, Any], position: Position | None, limits: Limits) -> La
     label = _label_value(label, limits)
     ts = obj.get("ts")
     if ts is not None:
-        ts = _number(ts, "ts")
+        ts = _timestamp(ts)
     return Label(id_, label, ts, position)
 
 
@@ -554,6 +557,19 @@ def _number(v: Any, name: str) -> float:
         except OverflowError:  # only from the lenient re-parse: orjson makes big ints floats
             pass
     raise BadInputError(f"{name} must be a finite number")
+
+
+def _timestamp(v: Any) -> float:
+    """An event or label ``ts``: seconds since the epoch. The pending buffers age their
+    entries by it, so one event stamped in milliseconds would look 50,000 years late to
+    every prediction waiting for its label and evict them all; it is refused instead."""
+    ts = _number(v, "ts")
+    if -MAX_TS < ts < MAX_TS:
+        return ts
+    unit = next((u for u, scale in (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9))
+                 if -MAX_TS < ts / scale < MAX_TS), None)
+    raise BadInputError(f"ts must be seconds since the epoch (|ts| < {MAX_TS:.0e})"
+                        + (f"; {v} looks like {unit}" if unit else ""))
 
 
 def _version(v: Any, name: str) -> int | None:
