@@ -267,6 +267,28 @@ def test_outputs_never_exceed_their_topics_message_size(bootstrap, unique, tmp_p
         assert "transaction aborted" not in worker.log()
 
 
+def test_snapshots_and_models_are_chunked_to_fit_their_topics(bootstrap, unique, tmp_path):
+    """`models` and `worker-state` made by hand with a small max.message.bytes: the models
+    and the engine's snapshots (each over 40 KB here: 2,000 distinct feature names) are
+    cut into chunks that fit, and a restart restores from them."""
+    prefix = unique("chunks") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    limit = 20_000
+    for topic in ("models", "worker-state"):
+        set_max_message_bytes(bootstrap, prefix + topic, limit)
+    wide = [event(i, **{f"f{i}_{j}": float(j) for j in range(20)}) for i in range(100)]
+    with running(bootstrap, prefix, tmp_path / "first.log", "--warmup-labels", "50") as first:
+        produce(bootstrap, prefix + "events", wide)
+        wait_predicted(bootstrap, prefix, 100)
+    assert "transaction aborted" not in first.log()
+    for topic, chunk_key in (("models", b"v1/2"), ("worker-state", b"chunk:2")):
+        messages = read_all(bootstrap, prefix + topic)
+        assert chunk_key in {m.key() for m in messages}, f"{topic}: a model or snapshot of 3+ chunks"
+        assert max(len(m.key()) + len(m.value() or b"") for m in messages) < limit
+    with running(bootstrap, prefix, tmp_path / "second.log") as second:
+        assert "restored engine: champion v1, challenger v2, 100 events seen" in second.log()
+
+
 def test_a_message_the_broker_refuses_aborts_the_transaction_and_the_worker_goes_on(
         bootstrap, unique, tmp_path):
     """The champion's model refused by `models` (its size limit set below the model's
@@ -274,8 +296,9 @@ def test_a_message_the_broker_refuses_aborts_the_transaction_and_the_worker_goes
     goes on, nothing lost, nothing duplicated."""
     prefix = unique("refused") + "."
     create_all_topics(bootstrap, prefix, 1)
-    set_max_message_bytes(bootstrap, prefix + "models", 1000)  # a model is ~1.4 KB
     with running(bootstrap, prefix, tmp_path / "worker.log", "--warmup-labels", "50") as worker:
+        # lowered after the start, when the worker has sized its model chunks (1 MB)
+        set_max_message_bytes(bootstrap, prefix + "models", 1000)  # a model is ~1.4 KB
         produce(bootstrap, prefix + "events", [event(i) for i in range(100)])
         wait_until(lambda: "transaction aborted" in worker.log(), 30, "a refused transaction")
         before = set(predicted_ids(bootstrap, prefix))  # none from the failing transactions

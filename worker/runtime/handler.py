@@ -15,7 +15,7 @@ from confluent_kafka import Message, Producer
 
 from worker.core.engine import Engine
 from worker.core.types import Command, Prediction
-from worker.errors import BadInputError, RefusedInputError
+from worker.errors import BadInputError, ConfigError, RefusedInputError
 from worker.io.codec import (
     Limits,
     decode_command,
@@ -37,6 +37,8 @@ log = logging.getLogger("worker.run")
 #: Bytes a message needs on the broker beyond its key, value and headers (the record
 #: batch header is 61 bytes, the rest is length fields; kept generous).
 RECORD_OVERHEAD = 512
+#: The smallest snapshot chunk worth writing (a 100 MB forest would be 6,400 messages).
+MIN_CHUNK_BYTES = 16_384
 
 
 def batch_bytes(message_bytes: dict[str, int]) -> int | None:
@@ -50,6 +52,26 @@ def batch_bytes(message_bytes: dict[str, int]) -> int | None:
     """
     smallest = min(message_bytes.values(), default=DEFAULT_MESSAGE_BYTES) - RECORD_OVERHEAD
     return smallest if smallest < 1_000_000 else None
+
+
+def chunk_bytes(wanted: int, topic: str, message_bytes: dict[str, int]) -> int:
+    """The size of the snapshot or model chunks written to ``topic``: ``wanted``, or less
+    when the topic's ``max.message.bytes`` would refuse it (a hand-made topic; `worker
+    topics create` allows 8 MiB). A limit too small for useful chunks is a
+    :class:`ConfigError` at start, instead of a transaction that fails on every retry.
+
+    >>> chunk_bytes(1_000_000, "models", {}), chunk_bytes(1_000_000, "models", {"models": 100_000})
+    (1000000, 99488)
+    >>> chunk_bytes(1_000_000, "models", {"models": 10_000})
+    Traceback (most recent call last):
+    ...
+    worker.errors.ConfigError: topic models accepts messages of at most 10000 bytes ...
+    """
+    limit = message_bytes.get(topic, DEFAULT_MESSAGE_BYTES)
+    if limit - RECORD_OVERHEAD < MIN_CHUNK_BYTES:
+        raise ConfigError(f"topic {topic} accepts messages of at most {limit} bytes (max.message.bytes); "
+                          f"snapshot chunks need {MIN_CHUNK_BYTES + RECORD_OVERHEAD}")
+    return min(wanted, limit - RECORD_OVERHEAD)
 
 
 def produce_prediction(producer: Producer, topic: str, prediction: Prediction, max_bytes: int) -> None:

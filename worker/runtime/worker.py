@@ -34,7 +34,7 @@ from worker.io.codec import DEFAULT_LIMITS, Limits
 from worker.io.models import Catalog, read_models
 from worker.io.topics import check_shapes, message_limits, missing_topics, require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
-from worker.runtime.handler import Handler, batch_bytes
+from worker.runtime.handler import Handler, batch_bytes, chunk_bytes
 from worker.settings import KafkaSettings
 
 log = logging.getLogger("worker.run")
@@ -132,6 +132,7 @@ class Worker:
         self._last_commit = 0.0
         self._last_status = time.monotonic()
         self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check_topics)
+        self._chunk_bytes: dict[str, int] = {}  # chunk size on models and worker-state (_check_topics)
         self._unsaved = False  # at_least_once: the last local snapshot failed (retried when idle too)
         self._unexplained_failures: list[float] = []  # when the producer failed fatally, not taken over
         self._partitions_checked = time.monotonic()
@@ -184,7 +185,8 @@ class Worker:
         self._producer = kafka.producer(config)
         if self.exactly_once:
             self._producer.init_transactions(TXN_CALL_TIMEOUT_S)  # fences any older instance
-            self._checkpoints = KafkaCheckpoints(self.topics.worker_state, self.settings.chunk_bytes)
+            self._checkpoints = KafkaCheckpoints(self.topics.worker_state,
+                                                 self._chunk_bytes[self.topics.worker_state])
             self._producer.begin_transaction()  # announce ourselves at once (see _taken_over)
             self._checkpoints.write_instance(self._producer, self.instance)
             self._producer.commit_transaction(TXN_CALL_TIMEOUT_S)
@@ -223,7 +225,10 @@ class Worker:
         require_topics(admin, [t for t in self.topics.all() if t != self.topics.labels])
         check_shapes(admin, self.topics)
         self._message_bytes = message_limits(admin, [self.topics.predictions, self.topics.dlq,
-                                                     self.topics.control])
+                                                     self.topics.control, self.topics.models,
+                                                     self.topics.worker_state])
+        self._chunk_bytes = {t: chunk_bytes(self.settings.chunk_bytes, t, self._message_bytes)
+                             for t in (self.topics.models, self.topics.worker_state)}
         if missing_topics(admin, [self.topics.labels]):
             log.warning("no topic %s: labels come inline only until it is created (checked every %gs)",
                         self.topics.labels, PARTITIONS_CHECK_S)
@@ -447,7 +452,8 @@ class Worker:
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
                                 secrets=self.settings.secrets,
                                 require_signed_commands=self.settings.require_signed_commands,
-                                chunk_bytes=self.settings.chunk_bytes, serve=self.settings.role == "all",
+                                chunk_bytes=self._chunk_bytes[self.topics.models],
+                                serve=self.settings.role == "all",
                                 models_retain=self.settings.models_retain,
                                 message_bytes=self._message_bytes,
                                 models_on_topic=on_topic)
