@@ -2,7 +2,8 @@
 
 The broker is the one `WORKER_TEST_BOOTSTRAP` names (scripts/test sets it), else the
 local one that `scripts/kafka-local` runs on the default port — started here once per
-session if it is not running, and stopped at the end only if this session started it.
+session if it is not running, and stopped at the end only if this session started it
+(not in parallel runs, `pytest -n`: there the broker must be named).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def bootstrap() -> Iterator[str]:
     if given:
         yield given
         return
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each process would start and stop its own
+        raise RuntimeError("with pytest -n, name a running broker in WORKER_TEST_BOOTSTRAP "
+                           "(scripts/test does), e.g. after scripts/kafka-local start")
     already = _kafka_local("status").returncode == 0
     if not already:
         started = _kafka_local("start")
