@@ -321,6 +321,25 @@ def test_eviction_by_age_in_events_and_in_event_time():
     assert pending["predictions"] == 2 and pending["predictions_evicted_age"] == 1
 
 
+def test_a_stream_that_mixes_timed_and_untimed_messages_ages_by_event_time():
+    """Producers that send `ts` and producers that do not, on one stream: the untimed
+    ones take the last event time seen, so nothing is evicted within pending_ttl."""
+    engine = Engine(EngineConfig(warmup_labels=5, pending_ttl=60.0))
+    for i in range(40):
+        ts = 1_764_160_000.0 + i if i % 2 else None
+        engine.process(Event(id=str(i), features={"a": float(i % 3)}, ts=ts))
+    engine.process_label(Label(id="early", label=True))  # untimed, before its event
+    for i in range(40):
+        engine.process_label(Label(id=str(i), label=i % 2 == 0, ts=1_764_160_050.0 if i % 4 else None))
+    engine.process(Event(id="early", features={"a": 1.0}, ts=1_764_160_051.0))
+    pending = engine.status()["pending"]
+    assert pending["predictions_evicted_age"] == pending["labels_evicted_age"] == 0
+    assert engine.counts["labelled"] == 41 and pending["predictions"] == pending["labels"] == 0
+    engine.process(Event(id="late", features={"a": 1.0}))  # untimed: stamped 1_764_160_051
+    engine.process(Event(id="next", features={"a": 1.0}, ts=1_764_160_112.0))
+    assert engine.status()["pending"]["predictions_evicted_age"] == 1  # 61 s > 60 s
+
+
 def test_event_on_which_a_model_raises_is_bad_and_the_engine_goes_on():
     data = two_concepts(120, seed=6)
     engine = Engine(EngineConfig(champion=LOGREG, warmup_labels=50))

@@ -150,7 +150,7 @@ class Engine:
         # (with inline labels, never). `now` is taken before this event is counted.
         busy = label is None or pending._entries or early_labels._entries
         if busy:
-            now = event.ts if event.ts is not None else float(counts["events"])
+            now = self._now(event.ts)
         early = None
         if label is None:
             early = early_labels.pop(event.id) if early_labels._entries else None
@@ -160,7 +160,8 @@ class Engine:
                 except DuplicateIdError as e:
                     raise self._bad(str(e)) from e
         counts["events"] += 1
-        self._ts = event.ts
+        if event.ts is not None:
+            self._ts = event.ts
         if event.position is not None:
             topic, partition, offset = event.position
             self.positions[topic, partition] = offset
@@ -185,7 +186,7 @@ class Engine:
 
     def process_label(self, label: Label) -> None:
         """Join a delayed label with its pending event, or keep it until the event comes."""
-        now = label.ts if label.ts is not None else float(self.counts["events"])
+        now = self._now(label.ts)
         if label.position is not None:
             topic, partition, offset = label.position
             self.positions[topic, partition] = offset
@@ -198,6 +199,19 @@ class Engine:
             return
         self.observer.label_joined(True)
         self._learn(scored, label.label)
+
+    def _now(self, ts: float | None) -> float:
+        """The pending buffers' clock: the message's event time; for a message without
+        ``ts``, the last event time seen; before any, the number of events. A stream
+        that mixes timed and untimed messages would otherwise compare event counts with
+        epoch seconds and evict everything waiting at the next timed message."""
+        if ts is None:
+            return self._ts if self._ts is not None else float(self.counts["events"])
+        if self._ts is None:  # the first event time: what waits was dated by counts
+            self.pending.restamp(ts)
+            self.early.restamp(ts)
+        self._ts = ts
+        return ts
 
     def _learn(self, scored: tuple, y: Any) -> None:
         """Test-then-train on one labelled event (a scored tuple), then consult

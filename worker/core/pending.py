@@ -125,6 +125,13 @@ class PendingBuffer:
         self.evicted_age += len(evicted)
         return evicted
 
+    def restamp(self, now: float) -> None:
+        """Date every entry ``now``: the caller's clock changed units (event counts, then
+        event time), and ages across the change would mean nothing."""
+        entries = self._entries
+        for id, (_, item) in entries.items():
+            entries[id] = (now, item)
+
     def counters(self) -> dict[str, int]:
         """The counters, for metrics and status reports."""
         return {
