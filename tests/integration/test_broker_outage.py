@@ -6,6 +6,7 @@ disturbs no other test.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.error
@@ -27,7 +28,9 @@ from tests.integration.harness import (
 )
 from tests.integration.test_worker_exactly_once import drifting_event, steady_producer
 
-PORT = 29_092  # below the ephemeral port range (32768+), so no outgoing connection holds it
+# Below the ephemeral port range (32768+), so no outgoing connection holds it; one per
+# pytest-xdist process (gw0, gw1, …), since these tests stop and start their broker.
+PORT = 29_092 + 10 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 pytestmark = pytest.mark.slow
 
 
