@@ -145,6 +145,10 @@ def test_a_scorer_frozen_past_its_session_timeout_commits_nothing_it_lost(bootst
             return len(read_all(bootstrap, prefix + "predictions", isolation="read_uncommitted"))
 
         wait_until(lambda: written() > 3000, 60, "predictions to flow")
+        # s1 may join the group late (a loaded machine): freeze it only once it holds
+        # predictions in its open transaction (s2's are committed every 100 ms)
+        wait_until(lambda: written() - len(predictions(bootstrap, prefix)) > 200, 60,
+                   "s1 to hold predictions in its open transaction")
         s1.proc.send_signal(signal.SIGSTOP)
         frozen_at = committed_offsets(bootstrap, group, prefix + "events", 4)
         # s1 cannot commit while frozen: every partition moving on means s2 took s1's over
