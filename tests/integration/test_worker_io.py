@@ -289,6 +289,27 @@ def test_snapshots_and_models_are_chunked_to_fit_their_topics(bootstrap, unique,
         assert "restored engine: champion v1, challenger v2, 100 events seen" in second.log()
 
 
+def test_an_output_topic_deleted_while_running_is_named_and_its_outputs_wait(bootstrap, unique, tmp_path,
+                                                                               create_topic):
+    """`predictions` deleted under a running worker: the commit waits, the log names the
+    missing topic (not "broker not answering"), and once the topic exists again every
+    event sent meanwhile is predicted in it, once."""
+    prefix = unique("deleted") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
+        produce(bootstrap, prefix + "events", [event(i) for i in range(20)])
+        wait_predicted(bootstrap, prefix, 20)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.delete_topics([prefix + "predictions"])[prefix + "predictions"].result(timeout=30)
+        produce(bootstrap, prefix + "events", [event(i) for i in range(20, 40)])
+        wait_until(lambda: f"missing topics {prefix}predictions (deleted while running?)" in worker.log(),
+                   90, "the log to name the deleted topic")
+        create_topic(prefix + "predictions")
+        ids = wait_predicted(bootstrap, prefix, 20)
+        assert Counter(ids) == Counter(f"e{i}" for i in range(20, 40))
+        assert worker.proc.poll() is None
+
+
 def test_a_message_the_broker_refuses_aborts_the_transaction_and_the_worker_goes_on(
         bootstrap, unique, tmp_path):
     """The champion's model refused by `models` (its size limit set below the model's

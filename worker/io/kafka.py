@@ -171,9 +171,11 @@ def unstable_partitions(config: dict[str, Any], partitions: list[TopicPartition]
             client.close()
 
 
-def retrying(call: Callable[[float], Any], timeout_s: float) -> None:
+def retrying(call: Callable[[float], Any], timeout_s: float,
+             explain: Callable[[], str] | None = None) -> None:
     """``call(timeout_s)`` (a transactional call such as ``commit_transaction``), again
-    while librdkafka says its error is retriable: the broker is away for a while."""
+    while librdkafka says its error is retriable: the broker is away for a while, or a
+    topic the transaction writes to was deleted (``explain()`` says which, if not "")."""
     while True:
         try:
             call(timeout_s)
@@ -181,7 +183,8 @@ def retrying(call: Callable[[float], Any], timeout_s: float) -> None:
         except KafkaException as e:
             if not e.args[0].retriable():
                 raise
-            log.warning("broker not answering (%s); retrying %s", e.args[0].str(), call.__name__)
+            why = (explain() if explain is not None else "") or "broker not answering"
+            log.warning("%s (%s); retrying %s", why, e.args[0].str(), call.__name__)
 
 
 STUCK = KafkaError._TIMED_OUT_QUEUE  # our code for "a call outlived its timeout"

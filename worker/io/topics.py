@@ -121,6 +121,18 @@ def missing_topics(admin_config: dict[str, Any], required: list[str], timeout_s:
     return [name for name in required if name not in present]
 
 
+def deleted_topics(admin_config: dict[str, Any], topics: list[str]) -> str:
+    """Why a commit waits when the broker answers: topics deleted while running. Their
+    messages wait in the producer until the topics exist again; nothing is lost. "" when
+    all exist, or when the broker cannot be asked (then it is away)."""
+    try:
+        missing = missing_topics(admin_config, topics, timeout_s=5)
+    except ConfigError:
+        return ""
+    return (f"missing topics {', '.join(missing)} (deleted while running?): their messages wait until "
+            "they exist again (`worker topics create`)") if missing else ""
+
+
 def require_topics(admin_config: dict[str, Any], required: list[str]) -> None:
     """Raise :class:`ConfigError` naming the topics of ``required`` that do not exist."""
     missing = missing_topics(admin_config, required)
