@@ -49,14 +49,15 @@ from worker.io.kafka import read_range, reader
 
 
 def model_messages(mv: ModelVersion, secret: bytes, *, chunk_bytes: int,
-                   published_labelled: int) -> list[tuple[bytes, bytes]]:
-    """The (key, value) messages that publish ``mv``: its chunks, then its manifest."""
+                   published_labelled: int, warmup: bool = False) -> list[tuple[bytes, bytes]]:
+    """The (key, value) messages that publish ``mv``: its chunks, then its manifest.
+    ``warmup``: version 1 while it still learns, republished until its warm-up ends."""
     lineage = {k: v for k, v in mv.lineage().items() if k not in ("roles", "retained")}
     blob = state.dump(mv.model, secret, meta={"version": mv.version, "spec": mv.spec})
     chunks = split_chunks(blob, chunk_bytes)
     prefix = f"v{mv.version}"
     manifest = {**lineage, "published_labelled": published_labelled,
-                "chunks": len(chunks), "bytes": len(blob)}
+                "chunks": len(chunks), "bytes": len(blob), **({"warmup": True} if warmup else {})}
     return [*((f"{prefix}/{i}".encode(), chunk) for i, chunk in enumerate(chunks)),
             (prefix.encode(), orjson.dumps(manifest))]
 
@@ -86,6 +87,10 @@ class Catalog:
 
     def published(self, version: int) -> bool:
         return self._latest.get(f"v{version}".encode()) is not None
+
+    def manifest(self, version: int) -> bytes | None:
+        """The raw manifest of ``version``'s latest publication (a new one means a new model)."""
+        return self._latest.get(f"v{version}".encode())
 
     def pruned(self, version: int) -> bool:
         """Whether ``version`` was published and then pruned (its manifest's tombstone is

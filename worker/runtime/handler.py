@@ -144,7 +144,7 @@ class Handler:
     def __init__(self, engine: Engine, producer: Producer | None, topics: TopicNames, *, limits: Limits,
                  secrets: tuple[bytes, ...], require_signed_commands: bool, chunk_bytes: int = 1_000_000,
                  serve: bool = True, models_retain: int = 0,
-                 models_on_topic: dict[int, int] | None = None,
+                 models_on_topic: dict[int, int] | None = None, warmup_on_topic: bool = False,
                  message_bytes: dict[str, int] | None = None) -> None:
         self.engine = engine
         # False for `--role trainer`: scorers write the predictions and dead-letter bad
@@ -166,6 +166,8 @@ class Handler:
         # written since; at most `models_retain` of them (0: no limit) plus the champion.
         self.models_on_topic = dict(models_on_topic or {})
         self.models_retain = models_retain
+        self.warmup_on_topic = warmup_on_topic  # version 1 there is one still in its warm-up
+        self._warmup_labelled = -1  # labelled events when it was published so (-1: not by us)
 
     def handle(self, msg: Message, emit: bool) -> None:
         topic = msg.topic()
@@ -217,21 +219,37 @@ class Handler:
 
     def publish_champion(self) -> None:
         """Write the champion to `models` (:mod:`worker.io.models`) unless it is there;
-        not during the warm-up (version 1 is still learning then). Called whenever
-        lifecycle events are written, so no champion is missed: a message changes the
-        champion at most once. Each publication prunes the versions beyond
+        not during the warm-up (version 1 is still learning then; see `publish_warmup`).
+        Called whenever lifecycle events are written, so no champion is missed: a message
+        changes the champion at most once. Each publication prunes the versions beyond
         ``models_retain``, in the same transaction."""
         engine = self.engine
         version = engine.champion
-        if version in self.models_on_topic or not engine.warmed_up:
+        published = version in self.models_on_topic and not (version == 1 and self.warmup_on_topic)
+        if published or not engine.warmed_up:
             return
-        mv = engine.registry[version]
-        messages = model_messages(mv, self.secret, chunk_bytes=self.chunk_bytes,
-                                  published_labelled=engine.counts["labelled"])
+        self._publish(version, warmup=False)
+        self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, version))
+
+    def publish_warmup(self) -> None:
+        """During version 1's warm-up, write it to `models` as it is now, so that scorers
+        (`--role scorer`) serve it meanwhile, as a single worker does; the trainer calls
+        this with every snapshot. The end of the warm-up publishes it for good."""
+        labelled = self.engine.counts["labelled"]
+        if not self.engine.warmed_up and not (self.warmup_on_topic and labelled == self._warmup_labelled):
+            self._publish(self.engine.champion, warmup=True)
+            self._warmup_labelled = labelled
+
+    def _publish(self, version: int, warmup: bool) -> None:
+        messages = model_messages(self.engine.registry[version], self.secret, chunk_bytes=self.chunk_bytes,
+                                  published_labelled=self.engine.counts["labelled"], warmup=warmup)
         for key, value in messages:
             self.producer.produce(self.topics.models, key=key, value=value)
-        self.models_on_topic[version] = len(messages) - 1  # all but the manifest
-        self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, version))
+        chunks, before = len(messages) - 1, self.models_on_topic.get(version, 0)  # all but the manifest
+        for i in range(chunks, before):  # an earlier publication of this version had more
+            self.producer.produce(self.topics.models, key=f"v{version}/{i}".encode(), value=None)
+        self.models_on_topic[version] = chunks
+        self.warmup_on_topic = warmup
 
     def prune_models(self, versions: list[int]) -> None:
         """Write the tombstones of these versions on `models` (the worker also prunes all of

@@ -9,13 +9,15 @@ rebalance can no longer commit them. Its ``transactional.id`` is ``worker-<group
 scorer-<scorer id>``: a scorer restarted with the same id aborts what its previous run
 left open at once, instead of holding readers back until the transaction times out.
 
-The champion is the version the latest lifecycle event on ``control`` names; its model
-comes from ``models``, signed (:mod:`worker.io.models`). The trainer (``--role
-trainer``) publishes version 1 at the end of its warm-up: until then there is nothing to
-serve and a scorer waits. A promotion or rollback reaches the scorers as soon as they
-read its lifecycle event, so for a moment they may still serve the previous champion;
-every prediction names the version that made it. Scorers serve the champion only: no
-traffic split, no shadow score (the trainer scores both models on every event).
+The champion is the version the latest lifecycle event on ``control`` names (before any,
+version 1); its model comes from ``models``, signed (:mod:`worker.io.models`). The
+trainer (``--role trainer``) publishes version 1 at its start and again while it learns
+during the warm-up, and a scorer loads every new publication of the version it serves,
+so scorers serve from the start, as a single worker does. A promotion or rollback
+reaches the scorers as soon as they read its lifecycle event, so for a moment they may
+still serve the previous champion; every prediction names the version that made it.
+Scorers serve the champion only: no traffic split, no shadow score (the trainer scores
+both models on every event).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 
 from worker.core.metrics import predict_from_proba
@@ -95,6 +98,7 @@ class ChampionFeed:
         self.version: int | None = None
         self.model: Any = None
         self._wanted: int | None = None
+        self._manifest: bytes | None = None  # of the model served: a new one is loaded anew
         self._next_try = 0.0
         self._catalog = Catalog()
         config = settings.kafka.consumer_config()
@@ -109,7 +113,7 @@ class ChampionFeed:
         try:
             self._wanted, control_end = latest_champion(reader, topics.control)
             models_end = _end(reader, topics.models)  # what comes after it is read twice: harmless
-            self._catalog = read_catalog(reader, topics.models, chunks_of=(self._wanted,))
+            self._catalog = read_catalog(reader, topics.models, chunks_of=(self._wanted or 1,))
         finally:
             reader.close()
         self._control.assign([TopicPartition(topics.control, 0, control_end)])
@@ -125,13 +129,19 @@ class ChampionFeed:
         for msg in self._models.consume(num_messages=100, timeout=0):
             if not msg.error():
                 self._catalog.add(msg.key(), msg.value())
-        if self._wanted is not None and self._wanted != self.version:
-            self._load_when_due()
+        self._load_when_due()
+
+    def _champion(self) -> int | None:
+        """The version to serve: the one the control log names last; before any, version 1
+        (the trainer publishes it during its warm-up too)."""
+        return self._wanted if self._wanted is not None else 1 if self._catalog.published(1) else None
 
     def _load_when_due(self) -> None:
-        wanted = self._wanted
+        wanted = self._champion()
         if wanted is None or time.monotonic() < self._next_try:
             return
+        if wanted == self.version and self._catalog.manifest(wanted) == self._manifest:
+            return  # serving that very publication
         try:
             if not self._catalog.published(wanted):
                 raise SnapshotError(f"version {wanted} is not on the models topic yet")
@@ -145,8 +155,11 @@ class ChampionFeed:
             self._next_try = time.monotonic() + RETRY_S
             log.info("champion v%d cannot be served yet: %s", wanted, e)
             return
-        log.info("serving champion v%d (was v%s)", wanted, self.version)
-        self.version, self.model = wanted, model
+        manifest = self._catalog.manifest(wanted)
+        learned = orjson.loads(manifest).get("learned") if manifest else None
+        log.info("serving champion v%d (was v%s), learned from %s labelled events", wanted, self.version,
+                 learned)
+        self.version, self.model, self._manifest = wanted, model, manifest
         self._catalog.drop_chunks_below(wanted)
 
     def close(self) -> None:

@@ -354,6 +354,8 @@ class Worker:
         idle_for = time.monotonic() - self._last_commit
         if not self._runs and not snapshot_due and not (self.exactly_once and idle_for >= HEARTBEAT_S):
             return
+        if snapshot_due and self.settings.role == "trainer":
+            self._handler.publish_warmup()  # scorers serve version 1 while it warms up
         if self.exactly_once:
             if not self._runs and not snapshot_due:
                 # An idle instance would never learn that a newer one fenced it: touch the log.
@@ -452,7 +454,8 @@ class Worker:
             self.engine = Engine(self.engine_config)
             log.info("new engine%s", " (--fresh: stored state ignored)" if self._fresh else "")
         self.engine.model_source = self._published_model
-        on_topic = {m["version"]: m["chunks"] for m in self._models().manifests()}
+        manifests = self._models().manifests()
+        on_topic = {m["version"]: m["chunks"] for m in manifests}
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
                                 secrets=self.settings.secrets,
                                 require_signed_commands=self.settings.require_signed_commands,
@@ -460,7 +463,8 @@ class Worker:
                                 serve=self.settings.role == "all",
                                 models_retain=self.settings.models_retain,
                                 message_bytes=self._message_bytes,
-                                models_on_topic=on_topic)
+                                models_on_topic=on_topic,
+                                warmup_on_topic=any(m.get("warmup") for m in manifests))
 
     def _publish_models(self) -> None:
         """At start, on `models`: a new engine first prunes the previous engine's versions
