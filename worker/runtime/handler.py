@@ -167,7 +167,7 @@ class Handler:
         self.models_on_topic = dict(models_on_topic or {})
         self.models_retain = models_retain
         self.warmup_on_topic = warmup_on_topic  # version 1 there is one still in its warm-up
-        self._warmup_labelled = -1  # labelled events when it was published so (-1: not by us)
+        self._warmup_labelled = -1  # labelled events when we last published it so (-1: never)
 
     def handle(self, msg: Message, emit: bool) -> None:
         topic = msg.topic()
@@ -231,14 +231,16 @@ class Handler:
         self._publish(version, warmup=False)
         self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, version))
 
+    def warmup_unpublished(self) -> bool:
+        """Version 1 is in its warm-up and has learned since this handler last published it."""
+        return not self.engine.warmed_up and self.engine.counts["labelled"] != self._warmup_labelled
+
     def publish_warmup(self) -> None:
-        """During version 1's warm-up, write it to `models` as it is now, so that scorers
-        (`--role scorer`) serve it meanwhile, as a single worker does; the trainer calls
-        this with every snapshot. The end of the warm-up publishes it for good."""
-        labelled = self.engine.counts["labelled"]
-        if not self.engine.warmed_up and not (self.warmup_on_topic and labelled == self._warmup_labelled):
-            self._publish(self.engine.champion, warmup=True)
-            self._warmup_labelled = labelled
+        """Write version 1 to `models` as it is now, during its warm-up, so that scorers
+        (`--role scorer`) serve it meanwhile, as a single worker does. The end of the
+        warm-up publishes it for good (`publish_champion`)."""
+        self._publish(self.engine.champion, warmup=True)
+        self._warmup_labelled = self.engine.counts["labelled"]
 
     def _publish(self, version: int, warmup: bool) -> None:
         messages = model_messages(self.engine.registry[version], self.secret, chunk_bytes=self.chunk_bytes,

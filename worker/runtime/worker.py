@@ -129,6 +129,7 @@ class Worker:
         self._runs: list[list[Any]] = []
         self._last_snapshot = 0.0
         self._snapshot_events = 0  # engine's event count at the last snapshot
+        self._warmup_published = 0.0  # --role trainer: when version 1 was last published in its warm-up
         self._last_commit = 0.0
         self._last_status = time.monotonic()
         self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check_topics)
@@ -351,11 +352,17 @@ class Worker:
                  or self.engine.snapshot_requested
                  or (every_events and events_since >= every_events))
         )
-        idle_for = time.monotonic() - self._last_commit
-        if not self._runs and not snapshot_due and not (self.exactly_once and idle_for >= HEARTBEAT_S):
+        now = time.monotonic()
+        idle_for = now - self._last_commit
+        # a trainer republishes version 1 while it warms up, for the scorers to serve
+        warmup_due = (self.settings.role == "trainer" and self._handler.warmup_unpublished()
+                      and now - self._warmup_published >= self.settings.kafka.snapshot_interval_s)
+        if (not self._runs and not snapshot_due and not warmup_due
+                and not (self.exactly_once and idle_for >= HEARTBEAT_S)):
             return
-        if snapshot_due and self.settings.role == "trainer":
-            self._handler.publish_warmup()  # scorers serve version 1 while it warms up
+        if warmup_due:
+            self._handler.publish_warmup()
+            self._warmup_published = now
         if self.exactly_once:
             if not self._runs and not snapshot_due:
                 # An idle instance would never learn that a newer one fenced it: touch the log.
