@@ -289,25 +289,31 @@ def test_snapshots_and_models_are_chunked_to_fit_their_topics(bootstrap, unique,
         assert "restored engine: champion v1, challenger v2, 100 events seen" in second.log()
 
 
-def test_an_output_topic_deleted_while_running_is_named_and_its_outputs_wait(bootstrap, unique, tmp_path,
-                                                                               create_topic):
-    """`predictions` deleted under a running worker: the commit waits, the log names the
-    missing topic (not "broker not answering"), and once the topic exists again every
-    event sent meanwhile is predicted in it, once."""
+def test_an_output_topic_deleted_while_running_stops_the_worker_with_exit_2_and_loses_nothing(
+        bootstrap, unique, tmp_path, create_topic):
+    """`predictions` deleted under a running worker: it stops with exit 2 and a line that
+    names the topic, rather than wait in vain (its commit would wait, or its recovery
+    fail). Once the topic exists again, a restarted worker predicts every event sent
+    meanwhile, once."""
     prefix = unique("deleted") + "."
     create_all_topics(bootstrap, prefix, 1)
-    with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
         produce(bootstrap, prefix + "events", [event(i) for i in range(20)])
         wait_predicted(bootstrap, prefix, 20)
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.delete_topics([prefix + "predictions"])[prefix + "predictions"].result(timeout=30)
         produce(bootstrap, prefix + "events", [event(i) for i in range(20, 40)])
-        wait_until(lambda: f"missing topics {prefix}predictions (deleted while running?)" in worker.log(),
-                   90, "the log to name the deleted topic")
-        create_topic(prefix + "predictions")
+        code = wait_until(lambda: worker.proc.poll(), 90, "the worker to stop")
+    finally:
+        stop(worker)
+    assert code == 2, worker.log()[-2000:]
+    assert f"{prefix}predictions" in worker.log() and "(deleted while running?" in worker.log()
+    create_topic(prefix + "predictions")
+    with running(bootstrap, prefix, tmp_path / "again.log"):
         ids = wait_predicted(bootstrap, prefix, 20)
         assert Counter(ids) == Counter(f"e{i}" for i in range(20, 40))
-        assert worker.proc.poll() is None
 
 
 def test_a_message_the_broker_refuses_aborts_the_transaction_and_the_worker_goes_on(

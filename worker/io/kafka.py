@@ -78,7 +78,8 @@ def reader(config: dict[str, Any]) -> Consumer:
 def partitions_of(client: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
     info = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
-        raise ConfigError(f"topic {topic!r} does not exist")
+        raise ConfigError(f"topic {topic!r} does not exist (deleted while running? create it again with "
+                          "`worker topics create`, then restart)")
     return sorted(info.partitions)
 
 
@@ -171,11 +172,10 @@ def unstable_partitions(config: dict[str, Any], partitions: list[TopicPartition]
             client.close()
 
 
-def retrying(call: Callable[[float], Any], timeout_s: float,
-             explain: Callable[[], str] | None = None) -> None:
+def retrying(call: Callable[[float], Any], timeout_s: float, check: Callable[[], None] | None = None) -> None:
     """``call(timeout_s)`` (a transactional call such as ``commit_transaction``), again
-    while librdkafka says its error is retriable: the broker is away for a while, or a
-    topic the transaction writes to was deleted (``explain()`` says which, if not "")."""
+    while librdkafka says its error is retriable: the broker is away for a while. Before
+    each retry ``check()`` may raise when waiting is in vain (a deleted topic)."""
     while True:
         try:
             call(timeout_s)
@@ -183,8 +183,9 @@ def retrying(call: Callable[[float], Any], timeout_s: float,
         except KafkaException as e:
             if not e.args[0].retriable():
                 raise
-            why = (explain() if explain is not None else "") or "broker not answering"
-            log.warning("%s (%s); retrying %s", why, e.args[0].str(), call.__name__)
+            if check is not None:
+                check()
+            log.warning("broker not answering (%s); retrying %s", e.args[0].str(), call.__name__)
 
 
 STUCK = KafkaError._TIMED_OUT_QUEUE  # our code for "a call outlived its timeout"

@@ -121,16 +121,17 @@ def missing_topics(admin_config: dict[str, Any], required: list[str], timeout_s:
     return [name for name in required if name not in present]
 
 
-def deleted_topics(admin_config: dict[str, Any], topics: list[str]) -> str:
-    """Why a commit waits when the broker answers: topics deleted while running. Their
-    messages wait in the producer until the topics exist again; nothing is lost. "" when
-    all exist, or when the broker cannot be asked (then it is away)."""
+def check_not_deleted(admin_config: dict[str, Any], topics: list[str]) -> None:
+    """Raise :class:`ConfigError` naming the ``topics`` that were deleted while running (a
+    commit then waits for them in vain); nothing when the broker cannot be asked: it is
+    away, and the caller waits for it."""
     try:
         missing = missing_topics(admin_config, topics, timeout_s=5)
     except ConfigError:
-        return ""
-    return (f"missing topics {', '.join(missing)} (deleted while running?): their messages wait until "
-            "they exist again (`worker topics create`)") if missing else ""
+        return
+    if missing:
+        raise ConfigError(f"missing topics {', '.join(missing)} (deleted while running?): create them "
+                          "again with `worker topics create`, then restart")
 
 
 def require_topics(admin_config: dict[str, Any], required: list[str]) -> None:

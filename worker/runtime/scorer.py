@@ -36,7 +36,7 @@ from worker.errors import BadInputError, ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import decode_command, decode_event
 from worker.io.models import Catalog, read_catalog, read_models
-from worker.io.topics import DEFAULT_MESSAGE_BYTES, deleted_topics, message_limits, require_topics
+from worker.io.topics import DEFAULT_MESSAGE_BYTES, check_not_deleted, message_limits, require_topics
 from worker.runtime.handler import DeadLetters, batch_bytes, produce_prediction
 from worker.runtime.worker import (
     OFFSETS_TIMEOUT_S,
@@ -288,15 +288,15 @@ class Scorer:
         try:
             kafka.call_bounded(self._producer.send_offsets_to_transaction, positions,
                                self._consumer.consumer_group_metadata(), OFFSETS_TIMEOUT_S)
-            kafka.retrying(self._producer.commit_transaction, TXN_CALL_TIMEOUT_S, self._deleted_topics)
+            kafka.retrying(self._producer.commit_transaction, TXN_CALL_TIMEOUT_S, self._check_not_deleted)
         except KafkaException as e:
             self._recover(e.args[0])
         self._handled = 0
         self._producer.begin_transaction()
 
-    def _deleted_topics(self) -> str:
+    def _check_not_deleted(self) -> None:
         written_or_read = [self.topics.events, self.topics.predictions, self.topics.dlq]
-        return deleted_topics(self.settings.kafka.admin_config(), written_or_read)
+        check_not_deleted(self.settings.kafka.admin_config(), written_or_read)
 
     def _recover(self, error: Any) -> None:
         """After a failed transaction (a broker restart, a call stuck in librdkafka, an

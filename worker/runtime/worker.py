@@ -32,7 +32,7 @@ from worker.errors import ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
 from worker.io.models import Catalog, read_models
-from worker.io.topics import check_shapes, deleted_topics, message_limits, missing_topics, require_topics
+from worker.io.topics import check_not_deleted, check_shapes, message_limits, missing_topics, require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
 from worker.runtime.handler import Handler, batch_bytes, chunk_bytes
 from worker.settings import KafkaSettings
@@ -395,13 +395,15 @@ class Worker:
         if positions:
             metadata = self._consumer.consumer_group_metadata()
             kafka.call_bounded(producer.send_offsets_to_transaction, positions, metadata, OFFSETS_TIMEOUT_S)
-        kafka.retrying(producer.commit_transaction, TXN_CALL_TIMEOUT_S, self._deleted_topics)
+        kafka.retrying(producer.commit_transaction, TXN_CALL_TIMEOUT_S, self._check_not_deleted)
         self.broker_unreachable = False
         producer.begin_transaction()
 
-    def _deleted_topics(self) -> str:
-        return deleted_topics(self.settings.kafka.admin_config(),
-                              [t for t in self.topics.all() if t != self.topics.labels])
+    def _check_not_deleted(self) -> None:
+        """A topic deleted while running: stop (exit 2) rather than wait in vain. The open
+        transaction is aborted (by the next start's fencing), so nothing is lost."""
+        check_not_deleted(self.settings.kafka.admin_config(),
+                          [t for t in self.topics.all() if t != self.topics.labels])
 
     # --- recovery ------------------------------------------------------------------------
 
