@@ -316,6 +316,23 @@ def test_an_output_topic_deleted_while_running_stops_the_worker_with_exit_2_and_
         assert Counter(ids) == Counter(f"e{i}" for i in range(20, 40))
 
 
+def test_the_events_topic_deleted_while_running_stops_the_worker_with_exit_2(bootstrap, unique, tmp_path):
+    prefix = unique("deleted-in") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(20)])
+        wait_predicted(bootstrap, prefix, 20)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.delete_topics([prefix + "events"])[prefix + "events"].result(timeout=30)
+        code = wait_until(lambda: worker.proc.poll(), 90, "the worker to stop")
+    finally:
+        stop(worker)
+    assert code == 2, worker.log()[-2000:]
+    assert f"missing topics {prefix}events (deleted while running?)" in worker.log()
+
+
 def test_a_message_the_broker_refuses_aborts_the_transaction_and_the_worker_goes_on(
         bootstrap, unique, tmp_path):
     """The champion's model refused by `models` (its size limit set below the model's

@@ -188,6 +188,10 @@ def retrying(call: Callable[[float], Any], timeout_s: float, check: Callable[[],
             log.warning("broker not answering (%s); retrying %s", e.args[0].str(), call.__name__)
 
 
+#: Errors that say a topic or partition is gone (deleted while running, if the cluster agrees).
+UNKNOWN_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
+                           KafkaError._UNKNOWN_PARTITION})
+
 STUCK = KafkaError._TIMED_OUT_QUEUE  # our code for "a call outlived its timeout"
 
 

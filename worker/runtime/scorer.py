@@ -261,6 +261,8 @@ class Scorer:
 
     def _serve(self, msg: Message) -> None:
         if msg.error():
+            if msg.error().code() in kafka.UNKNOWN_TOPIC:
+                self._check_not_deleted()
             log.warning("Kafka: %s", msg.error().str())
             return
         self._handled += 1

@@ -603,6 +603,8 @@ class Worker:
             log.warning("producer failed (%s): new producer, recovering from the last commit", error.str())
             self._restart()
         elif error.txn_requires_abort() or error.code() in (KafkaError._TIMED_OUT, KafkaError._STATE):
+            if error.code() in kafka.UNKNOWN_TOPIC:
+                self._check_not_deleted()
             # _STATE: produce() in a transaction that has already failed (e.g. the broker
             # refused one of its messages); abort it like any abortable error
             log.warning("transaction aborted (%s): recovering from the last commit", error.str())
@@ -654,6 +656,8 @@ class Worker:
             self.broker_unreachable = True
 
     def _on_consume_error(self, error: KafkaError) -> None:
+        if error.code() in kafka.UNKNOWN_TOPIC:
+            self._check_not_deleted()
         now = time.monotonic()
         if now - self._last_consume_error >= 5.0:
             self._last_consume_error = now
