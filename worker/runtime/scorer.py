@@ -180,6 +180,7 @@ class Scorer:
         self.engine = None  # none here: the /readyz and /metrics helpers look for one
         self.dead_letters = DeadLetters(self.topics.dlq)
         self._handled = 0  # messages in the open transaction
+        self._topics_checked = 0.0  # when an unknown-topic error was last checked (_serve)
         # from the outputs' max.message.bytes, read in _check
         self._prediction_bytes = DEFAULT_MESSAGE_BYTES
         self._batch_bytes: int | None = None
@@ -261,7 +262,8 @@ class Scorer:
 
     def _serve(self, msg: Message) -> None:
         if msg.error():
-            if msg.error().code() in kafka.UNKNOWN_TOPIC:
+            if msg.error().code() in kafka.UNKNOWN_TOPIC and time.monotonic() - self._topics_checked >= 5.0:
+                self._topics_checked = time.monotonic()  # errors repeat with every fetch
                 self._check_not_deleted()
             log.warning("Kafka: %s", msg.error().str())
             return

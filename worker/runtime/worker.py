@@ -656,9 +656,9 @@ class Worker:
             self.broker_unreachable = True
 
     def _on_consume_error(self, error: KafkaError) -> None:
-        if error.code() in kafka.UNKNOWN_TOPIC:
-            self._check_not_deleted()
         now = time.monotonic()
-        if now - self._last_consume_error >= 5.0:
+        if now - self._last_consume_error >= 5.0:  # errors repeat with every fetch
             self._last_consume_error = now
+            if error.code() in kafka.UNKNOWN_TOPIC:
+                self._check_not_deleted()
             log.warning("Kafka: %s (waiting for the broker)", error.str())
