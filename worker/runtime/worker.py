@@ -603,10 +603,10 @@ class Worker:
             log.warning("producer failed (%s): new producer, recovering from the last commit", error.str())
             self._restart()
         elif error.txn_requires_abort() or error.code() in (KafkaError._TIMED_OUT, KafkaError._STATE):
-            if error.code() in kafka.UNKNOWN_TOPIC:
-                self._check_not_deleted()
             # _STATE: produce() in a transaction that has already failed (e.g. the broker
             # refused one of its messages); abort it like any abortable error
+            if error.code() in kafka.UNKNOWN_TOPIC:
+                self._check_not_deleted()  # and stop, if a topic was deleted
             log.warning("transaction aborted (%s): recovering from the last commit", error.str())
             try:
                 self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
