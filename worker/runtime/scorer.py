@@ -200,7 +200,7 @@ class Scorer:
         try:
             self.feed.start()
             while self.feed.model is None and not self.stopping:
-                time.sleep(0.2)  # the trainer's warm-up: nothing to serve yet (polling, not sync)
+                time.sleep(0.2)  # no trainer has published version 1 yet (polling, not sync)
                 self.feed.poll()
             if self.stopping:
                 return
