@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -289,6 +289,24 @@ def test_snapshots_and_models_are_chunked_to_fit_their_topics(bootstrap, unique,
         assert "restored engine: champion v1, challenger v2, 100 events seen" in second.log()
 
 
+def delete_under_a_worker(bootstrap: str, prefix: str, log_path: Path, topic: str,
+                          then: Callable[[], object] = lambda: None) -> tuple[int, str]:
+    """A worker serves 20 events; ``topic`` is deleted, ``then()`` runs; the worker's exit
+    code and log once it stopped by itself."""
+    worker = WorkerProcess(bootstrap, prefix, log_path)
+    try:
+        worker.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(20)])
+        wait_predicted(bootstrap, prefix, 20)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.delete_topics([prefix + topic])[prefix + topic].result(timeout=30)
+        then()
+        code = wait_until(lambda: worker.proc.poll(), 90, "the worker to stop")
+    finally:
+        stop(worker)
+    return code, worker.log()
+
+
 def test_an_output_topic_deleted_while_running_stops_the_worker_with_exit_2_and_loses_nothing(
         bootstrap, unique, tmp_path, create_topic):
     """`predictions` deleted under a running worker: it stops with exit 2 and a line that
@@ -297,19 +315,12 @@ def test_an_output_topic_deleted_while_running_stops_the_worker_with_exit_2_and_
     meanwhile, once."""
     prefix = unique("deleted") + "."
     create_all_topics(bootstrap, prefix, 1)
-    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log")
-    try:
-        worker.wait_ready()
-        produce(bootstrap, prefix + "events", [event(i) for i in range(20)])
-        wait_predicted(bootstrap, prefix, 20)
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        admin.delete_topics([prefix + "predictions"])[prefix + "predictions"].result(timeout=30)
+    def send_more() -> None:
         produce(bootstrap, prefix + "events", [event(i) for i in range(20, 40)])
-        code = wait_until(lambda: worker.proc.poll(), 90, "the worker to stop")
-    finally:
-        stop(worker)
-    assert code == 2, worker.log()[-2000:]
-    assert f"{prefix}predictions" in worker.log() and "(deleted while running?" in worker.log()
+
+    code, log = delete_under_a_worker(bootstrap, prefix, tmp_path / "worker.log", "predictions", send_more)
+    assert code == 2, log[-2000:]
+    assert f"{prefix}predictions" in log and "(deleted while running?" in log
     create_topic(prefix + "predictions")
     with running(bootstrap, prefix, tmp_path / "again.log"):
         ids = wait_predicted(bootstrap, prefix, 20)
@@ -319,18 +330,9 @@ def test_an_output_topic_deleted_while_running_stops_the_worker_with_exit_2_and_
 def test_the_events_topic_deleted_while_running_stops_the_worker_with_exit_2(bootstrap, unique, tmp_path):
     prefix = unique("deleted-in") + "."
     create_all_topics(bootstrap, prefix, 1)
-    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log")
-    try:
-        worker.wait_ready()
-        produce(bootstrap, prefix + "events", [event(i) for i in range(20)])
-        wait_predicted(bootstrap, prefix, 20)
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        admin.delete_topics([prefix + "events"])[prefix + "events"].result(timeout=30)
-        code = wait_until(lambda: worker.proc.poll(), 90, "the worker to stop")
-    finally:
-        stop(worker)
-    assert code == 2, worker.log()[-2000:]
-    assert f"missing topics {prefix}events (deleted while running?)" in worker.log()
+    code, log = delete_under_a_worker(bootstrap, prefix, tmp_path / "worker.log", "events")
+    assert code == 2, log[-2000:]
+    assert f"missing topics {prefix}events (deleted while running?)" in log
 
 
 def test_a_message_the_broker_refuses_aborts_the_transaction_and_the_worker_goes_on(

@@ -166,7 +166,7 @@ class Handler:
         # written since; at most `models_retain` of them (0: no limit) plus the champion.
         self.models_on_topic = dict(models_on_topic or {})
         self.models_retain = models_retain
-        self.warmup_on_topic = warmup_on_topic  # version 1 there is one still in its warm-up
+        self.warmup_on_topic = warmup_on_topic  # the last publication is version 1 in its warm-up
         self._warmup_labelled = -1  # labelled events when we last published it so (-1: never)
 
     def handle(self, msg: Message, emit: bool) -> None:
@@ -225,8 +225,7 @@ class Handler:
         ``models_retain``, in the same transaction."""
         engine = self.engine
         version = engine.champion
-        published = version in self.models_on_topic and not (version == 1 and self.warmup_on_topic)
-        if published or not engine.warmed_up:
+        if (version in self.models_on_topic and not self.warmup_on_topic) or not engine.warmed_up:
             return
         self._publish(version, warmup=False)
         self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, version))

@@ -223,7 +223,7 @@ class Worker:
         without it labels come inline only, until it is created (_follow_new_partitions).
         Also checks their shapes, and reads the outputs' size limits (handler.DeadLetters)."""
         admin = self.settings.kafka.admin_config()
-        require_topics(admin, [t for t in self.topics.all() if t != self.topics.labels])
+        require_topics(admin, self._required_topics())
         check_shapes(admin, self.topics)
         self._message_bytes = message_limits(admin, [self.topics.predictions, self.topics.dlq,
                                                      self.topics.control, self.topics.models,
@@ -346,13 +346,13 @@ class Worker:
     def _commit(self, force_snapshot: bool = False) -> None:
         every_events = self.settings.snapshot_interval_events
         events_since = self.engine.counts["events"] - self._snapshot_events
+        now = time.monotonic()
         snapshot_due = force_snapshot or (
             (self._runs or self._unsaved)
-            and (time.monotonic() - self._last_snapshot >= self.settings.kafka.snapshot_interval_s
+            and (now - self._last_snapshot >= self.settings.kafka.snapshot_interval_s
                  or self.engine.snapshot_requested
                  or (every_events and events_since >= every_events))
         )
-        now = time.monotonic()
         idle_for = now - self._last_commit
         # a trainer republishes version 1 while it warms up, for the scorers to serve
         warmup_due = (self.settings.role == "trainer" and self._handler.warmup_unpublished()
@@ -402,8 +402,10 @@ class Worker:
     def _check_not_deleted(self) -> None:
         """A topic deleted while running: stop (exit 2) rather than wait in vain. The open
         transaction is aborted (by the next start's fencing), so nothing is lost."""
-        check_not_deleted(self.settings.kafka.admin_config(),
-                          [t for t in self.topics.all() if t != self.topics.labels])
+        check_not_deleted(self.settings.kafka.admin_config(), self._required_topics())
+
+    def _required_topics(self) -> list[str]:
+        return [t for t in self.topics.all() if t != self.topics.labels]  # labels is optional
 
     # --- recovery ------------------------------------------------------------------------
 
