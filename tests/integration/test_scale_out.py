@@ -1,7 +1,8 @@
 """Scale-out (ARCHITECTURE.md §5) against a real broker: one `--role trainer` and a group
 of `--role scorer` processes serve every event exactly once, follow promotions, and
 survive a scorer's kill -9 and a scorer frozen past its session timeout (a zombie);
-a scorer dead-letters bad events; partitions added to `events` reach them all."""
+a scorer dead-letters bad events; partitions added to `events` reach them all; under a
+traffic split the scorers serve the challenger to its share of entities."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from tests.integration.test_worker_io import (
     set_max_message_bytes,
     status,
 )
+from worker.core.split import serves_challenger
 
 
 def predictions(bootstrap: str, prefix: str) -> list[dict]:
@@ -196,11 +198,70 @@ def test_scorers_serve_version_1_during_the_trainers_warm_up(bootstrap, unique, 
         produce(bootstrap, prefix + "labels", labels(100, 300))  # the 200th ends the warm-up
         wait_until(lambda: "(was v1), learned from 200 labelled events" in s1.log(), 30, "the final v1")
         v1 = [orjson.loads(m.value()) for m in read_all(bootstrap, prefix + "models") if m.key() == b"v1"]
-        assert v1[0]["warmup"] is True and "warmup" not in v1[-1], "republished for good"
+        assert v1[0]["learning"] is True and "learning" not in v1[-1], "republished for good"
         produce(bootstrap, prefix + "events", [event(i) for i in range(300, 400)])
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 400, 60, "400 predictions")
         ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
         assert ids == Counter(f"e{i}" for i in range(400)), "nothing lost, nothing duplicated"
+    finally:
+        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
+    assert codes == [0, 0], [p.log()[-2000:] for p in processes]
+
+
+def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(bootstrap, unique, tmp_path):
+    """`worker control split 30` in scale-out: the trainer publishes the challenger, and
+    again as it learns; the scorers serve it to the entities a single worker would (the
+    sticky hash), follow a promotion to the next challenger, and stop at split 0."""
+    prefix = unique("split") + "."
+    create_all_topics(bootstrap, prefix, 2)
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer", "--policy",
+                            "manual", "--warmup-labels", "200", "--snapshot-interval-s", "1")
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1")
+    processes = [trainer, s1]
+
+    def served(first: int, last: int) -> dict[str, tuple[str, int]]:
+        wanted = {f"e{i}" for i in range(first, last)}
+        return {p["id"]: (p["served_by"], p["model_version"]) for p in predictions(bootstrap, prefix)
+                if p["id"] in wanted}
+
+    def expected(first: int, last: int, percent: float, champion: int, challenger: int) -> dict:
+        return {f"e{i}": ("challenger", challenger) if serves_challenger(f"user-{i % 50}", percent, f"e{i}")
+                else ("champion", champion) for i in range(first, last)}
+
+    try:
+        trainer.wait_ready()
+        s1.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])  # warm-up ends at 200
+        wait_until(lambda: "challenger_created" in trainer.log(), 30, "the challenger v2")
+        code, lines, stderr = control(bootstrap, prefix, "split", "30")
+        assert code == 0 and lines[-1]["split"] == 30.0, (lines, stderr)
+        wait_until(lambda: "serving challenger v2 to 30 % of entities" in s1.log(), 30, "v2 loaded")
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300, 600)])
+        wait_until(lambda: len(served(300, 600)) == 300, 60, "300 predictions under the split")
+        assert served(300, 600) == expected(300, 600, 30, champion=1, challenger=2)
+        assert 0 < sum(arm == "challenger" for arm, _ in served(300, 600).values()) < 300
+        wait_until(lambda: "serving challenger v2 to 30 % of entities (was v2)" in s1.log(), 30,
+                   "v2 republished as it learned")
+
+        code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
+        assert code == 0, (lines, stderr)
+        wait_until(lambda: "serving challenger v3" in s1.log() and "serving champion v2" in s1.log(), 30,
+                   "the scorer to load v2 and v3")
+        produce(bootstrap, prefix + "events", [event(i, label=None) for i in range(600, 800)])
+        wait_until(lambda: len(served(600, 800)) == 200, 60, "200 predictions after the promotion")
+        assert served(600, 800) == expected(600, 800, 30, champion=2, challenger=3)
+
+        code, lines, stderr = control(bootstrap, prefix, "split", "0")
+        assert code == 0, (lines, stderr)
+        wait_until(lambda: "traffic split: 0 %" in s1.log(), 30, "the scorer to read split 0")
+        produce(bootstrap, prefix + "events", [event(i, label=None) for i in range(800, 900)])
+        wait_until(lambda: len(served(800, 900)) == 100, 60, "100 predictions at split 0")
+        assert set(served(800, 900).values()) == {("champion", 2)}
+
+        ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
+        assert ids == Counter(f"e{i}" for i in range(900)), "nothing lost, nothing duplicated"
+        v2 = [orjson.loads(m.value()) for m in read_all(bootstrap, prefix + "models") if m.key() == b"v2"]
+        assert v2[0]["learning"] is True and "learning" not in v2[-1], "published for good when promoted"
     finally:
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
     assert codes == [0, 0], [p.log()[-2000:] for p in processes]

@@ -356,6 +356,8 @@ def test_set_split():
         ),
         (b'{"type": "status_report", "detail": []}', "detail must be an object"),
         (b'{"type": "status_report", "labelled": -1}', "labelled must be an integer >= 0"),
+        (b'{"type": "command_applied", "split": 120}', "split must be a number between 0 and 100"),
+        (b'{"type": "command_applied", "split": "5"}', "split must be a finite number"),
         (b"[]", "control message must be a JSON object, got array"),
         (b"{", "not JSON: unexpected end of data"),
     ],
@@ -376,6 +378,7 @@ def test_lifecycle_decodes_and_round_trips():
         offsets={"events:0": 41, "labels:0": 7},
         labelled=500,
         ts=1764160002.5,
+        split=12.5,
     )
     raw = encode_lifecycle(e)
     assert orjson.loads(raw) == {
@@ -387,6 +390,7 @@ def test_lifecycle_decodes_and_round_trips():
         "offsets": {"events:0": 41, "labels:0": 7},
         "labelled": 500,
         "ts": 1764160002.5,
+        "split": 12.5,
     }
     decoded, fields = decode_command(raw)
     assert decoded == e

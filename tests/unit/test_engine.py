@@ -608,8 +608,11 @@ def test_auto_decisions_are_commands_applied_once_with_their_lifecycle():
 
 def test_split_serves_about_p_percent_of_entities_stickily():
     engine = warm_engine(n=100, warmup=50)
+    assert engine.serving_learners() == []  # the champion is frozen, the challenger serves nobody
     engine.apply(cmd("set_split", "split", percent=30.0))
-    assert types(engine.take_lifecycle()) == ["command_applied"]
+    applied = engine.take_lifecycle()
+    assert types(applied) == ["command_applied"] and applied[0].split == 30.0  # what scorers follow
+    assert engine.serving_learners() == [engine.challenger]
     keys = [f"user-{i}" for i in range(1500)]
     rng = random.Random(11)
     arms, truth = {}, {}
@@ -638,6 +641,14 @@ def test_split_serves_about_p_percent_of_entities_stickily():
         assert cumulative["accuracy"] == sum(p.prediction == truth[p.id] for p in served) / len(served)
     engine.apply(cmd("set_split", "off", percent=0.0))
     assert engine.process(Event(id="z", features={"a": 0.0, "b": 0.0}, key=keys[0])).served_by == "champion"
+    assert engine.take_lifecycle()[-1].split == 0.0 and engine.serving_learners() == []
+
+
+def test_the_champion_serves_while_it_learns_in_its_warm_up_or_with_champion_learns():
+    assert warm_engine(n=10, warmup=50).serving_learners() == [1]
+    assert warm_engine(n=100, warmup=50).serving_learners() == []
+    learns = warm_engine(n=100, warmup=50, champion_learns=True)
+    assert learns.warmed_up and learns.serving_learners() == [1]
 
 
 def test_no_arms_before_a_split_is_set():

@@ -527,7 +527,7 @@ class Engine:
             type=kind, command_id=command_id, champion=self._champ.version,
             challenger=self._chal.version if self._chal else None, detail=detail,
             offsets={f"{t}:{p}": o for (t, p), o in self.positions.items()},
-            labelled=self.counts["labelled"], ts=self._ts,
+            labelled=self.counts["labelled"], ts=self._ts, split=self.split,
         )
         self._lifecycle.append(event)
         self.observer.lifecycle(event)
@@ -564,6 +564,15 @@ class Engine:
         """Whether version 1's warm-up is over (from then on the champion is frozen,
         unless ``champion_learns``)."""
         return self._warm
+
+    def serving_learners(self) -> list[int]:
+        """The versions that serve while they still learn: the champion in its warm-up or
+        with ``champion_learns``, and the challenger while a traffic split serves it. A
+        copy of one of them (on the `models` topic, for scorers) goes stale as it learns."""
+        versions = [self._champ.version] if not self._warm or self.config.champion_learns else []
+        if self.split and self._chal is not None:
+            versions.append(self._chal.version)
+        return versions
 
     def status(self) -> dict[str, Any]:
         """Versions, roles, metrics of the active models, the tests: for `status_report`,

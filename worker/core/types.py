@@ -103,7 +103,9 @@ class LifecycleEvent:
 
     ``detail`` holds the type-specific fields (versions involved, test statistic,
     rejection reason, metrics for ``status_report``); ``offsets`` the input positions
-    at which it took effect, as ``{"topic:partition": offset}``.
+    at which it took effect, as ``{"topic:partition": offset}``. ``champion``,
+    ``challenger`` and ``split`` (the traffic split's percent) are the state after it, so
+    the last lifecycle event on `control` tells a scorer what to serve.
     """
 
     type: str
@@ -114,3 +116,4 @@ class LifecycleEvent:
     offsets: dict[str, int] = field(default_factory=dict)
     labelled: int = 0  # labelled events the engine had seen when it happened
     ts: float | None = None
+    split: float | None = None  # None: written by a release that did not say

@@ -262,6 +262,8 @@ def encode_lifecycle(e: LifecycleEvent) -> bytes:
     out["labelled"] = e.labelled
     if e.ts is not None:
         out["ts"] = e.ts
+    if e.split is not None:
+        out["split"] = e.split
     return orjson.dumps(out, default=_scalar, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
@@ -470,12 +472,8 @@ def _control(obj: dict[str, Any], limits: Limits) -> Command | LifecycleEvent:
                 if command_id is None
                 else f"command_id must be a non-empty string of at most {limits.max_id_chars} characters"
             )
-        percent = obj.get("percent")
-        if percent is not None:
-            percent = _number(percent, "percent")
-            if not 0.0 <= percent <= 100.0:
-                raise BadInputError("percent must be a number between 0 and 100")
-        elif type_ == "set_split":
+        percent = _percent(obj.get("percent"), "percent")
+        if percent is None and type_ == "set_split":
             raise BadInputError("set_split needs percent")
         ts = obj.get("ts")
         signature = obj.get("signature")
@@ -515,6 +513,7 @@ def _control(obj: dict[str, Any], limits: Limits) -> Command | LifecycleEvent:
             offsets=offsets,
             labelled=labelled,
             ts=None if ts is None else _number(ts, "ts"),
+            split=_percent(obj.get("split"), "split"),
         )
     raise BadInputError(f"unknown control message type {_quote(type_)}")
 
@@ -570,6 +569,15 @@ def _timestamp(v: Any) -> float:
                  if -MAX_TS < ts / scale < MAX_TS), None)
     raise BadInputError(f"ts must be seconds since the epoch (|ts| < {MAX_TS:.0e})"
                         + (f"; {v} looks like {unit}" if unit else ""))
+
+
+def _percent(v: Any, name: str) -> float | None:
+    if v is None:
+        return None
+    percent = _number(v, name)
+    if not 0.0 <= percent <= 100.0:
+        raise BadInputError(f"{name} must be a number between 0 and 100")
+    return percent
 
 
 def _version(v: Any, name: str) -> int | None:

@@ -1,11 +1,17 @@
 """The ``models`` topic: every champion, signed, by version (ARCHITECTURE.md §2).
 
-A version is published the first time it serves as a frozen champion — version 1 at the
+A version is published when it starts to serve as a frozen champion — version 1 at the
 end of its warm-up, every other one when it is promoted — so the topic holds each model
-that was ever released, as it was when it started to serve (with
-``champion_learns = true``: as it was then; it keeps learning afterwards). It stays
-readable after the worker dropped the version from memory, for an audit, a notebook or
-a batch job (``worker models list`` / ``worker models export``).
+that was ever released, as it was when it started to serve. It stays readable after the
+worker dropped the version from memory, for an audit, a notebook or a batch job
+(``worker models list`` / ``worker models export``).
+
+A trainer (``--role trainer``) also publishes the versions that serve while they still
+learn, for its scorers to serve (:meth:`Engine.serving_learners`): version 1 during its
+warm-up, the champion with ``champion_learns = true``, the challenger while a traffic
+split serves it. Those publications carry ``"learning": true`` and are replaced by newer
+ones as the model learns (at most once per snapshot interval); a version that stops
+learning as a champion is published once more, for good.
 
 Messages (keys are UTF-8; the topic is compacted, so a version published again — after
 a restart — replaces itself):
@@ -49,15 +55,15 @@ from worker.io.kafka import read_range, reader
 
 
 def model_messages(mv: ModelVersion, secret: bytes, *, chunk_bytes: int,
-                   published_labelled: int, warmup: bool = False) -> list[tuple[bytes, bytes]]:
+                   published_labelled: int, learning: bool = False) -> list[tuple[bytes, bytes]]:
     """The (key, value) messages that publish ``mv``: its chunks, then its manifest.
-    ``warmup``: version 1 while it still learns, republished until its warm-up ends."""
+    ``learning``: a model that serves while it learns, to be published again."""
     lineage = {k: v for k, v in mv.lineage().items() if k not in ("roles", "retained")}
     blob = state.dump(mv.model, secret, meta={"version": mv.version, "spec": mv.spec})
     chunks = split_chunks(blob, chunk_bytes)
     prefix = f"v{mv.version}"
     manifest = {**lineage, "published_labelled": published_labelled,
-                "chunks": len(chunks), "bytes": len(blob), **({"warmup": True} if warmup else {})}
+                "chunks": len(chunks), "bytes": len(blob), **({"learning": True} if learning else {})}
     return [*((f"{prefix}/{i}".encode(), chunk) for i, chunk in enumerate(chunks)),
             (prefix.encode(), orjson.dumps(manifest))]
 
@@ -87,6 +93,11 @@ class Catalog:
 
     def published(self, version: int) -> bool:
         return self._latest.get(f"v{version}".encode()) is not None
+
+    def learning(self) -> set[int]:
+        """The versions whose latest publication is of a model that still learns (written
+        as ``"warmup"`` for version 1 by earlier releases)."""
+        return {m["version"] for m in self.manifests() if m.get("learning") or m.get("warmup")}
 
     def manifest(self, version: int) -> bytes | None:
         """The raw manifest of ``version``'s latest publication (a new one means a new model)."""

@@ -144,7 +144,7 @@ class Handler:
     def __init__(self, engine: Engine, producer: Producer | None, topics: TopicNames, *, limits: Limits,
                  secrets: tuple[bytes, ...], require_signed_commands: bool, chunk_bytes: int = 1_000_000,
                  serve: bool = True, models_retain: int = 0,
-                 models_on_topic: dict[int, int] | None = None, warmup_on_topic: bool = False,
+                 models_on_topic: dict[int, int] | None = None, learning_on_topic: set[int] | None = None,
                  message_bytes: dict[str, int] | None = None) -> None:
         self.engine = engine
         # False for `--role trainer`: scorers write the predictions and dead-letter bad
@@ -166,8 +166,9 @@ class Handler:
         # written since; at most `models_retain` of them (0: no limit) plus the champion.
         self.models_on_topic = dict(models_on_topic or {})
         self.models_retain = models_retain
-        self.warmup_on_topic = warmup_on_topic  # the last publication is version 1 in its warm-up
-        self._warmup_labelled = -1  # labelled events when we last published it so (-1: never)
+        # those whose last publication is of a model that still learns (`publish_learners`)
+        self.learning_on_topic = set(learning_on_topic or ())
+        self._learned: dict[int, int] = {}  # version → labelled events when it was last published so
 
     def handle(self, msg: Message, emit: bool) -> None:
         topic = msg.topic()
@@ -219,42 +220,55 @@ class Handler:
 
     def publish_champion(self) -> None:
         """Write the champion to `models` (:mod:`worker.io.models`) unless it is there;
-        not during the warm-up (version 1 is still learning then; see `publish_warmup`).
+        not during the warm-up (version 1 still learns: see `publish_learners`), and once
+        more when a version published as learning stops learning as the champion.
         Called whenever lifecycle events are written, so no champion is missed: a message
         changes the champion at most once. Each publication prunes the versions beyond
         ``models_retain``, in the same transaction."""
         engine = self.engine
         version = engine.champion
-        if (version in self.models_on_topic and not self.warmup_on_topic) or not engine.warmed_up:
+        if not engine.warmed_up:
             return
-        self._publish(version, warmup=False)
+        learning = version in engine.serving_learners()
+        if version in self.models_on_topic and (learning or version not in self.learning_on_topic):
+            return
+        self._publish(version, learning)
         self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, version))
 
-    def warmup_unpublished(self) -> bool:
-        """Version 1 is in its warm-up and has learned since this handler last published it."""
-        return not self.engine.warmed_up and self.engine.counts["labelled"] != self._warmup_labelled
+    def learners_due(self, interval_passed: bool) -> list[int]:
+        """The versions that serve while they learn (:meth:`Engine.serving_learners`) and are
+        due on `models`: at once when they are not there yet, else when they learned since
+        their last publication and ``interval_passed``."""
+        labelled = self.engine.counts["labelled"]
+        return [v for v in self.engine.serving_learners()
+                if v not in self.models_on_topic or (interval_passed and self._learned.get(v) != labelled)]
 
-    def publish_warmup(self) -> None:
-        """Write version 1 to `models` as it is now, during its warm-up, so that scorers
-        (`--role scorer`) serve it meanwhile, as a single worker does. The end of the
-        warm-up publishes it for good (`publish_champion`)."""
-        self._publish(self.engine.champion, warmup=True)
-        self._warmup_labelled = self.engine.counts["labelled"]
+    def publish_learners(self, versions: list[int]) -> None:
+        """Write these versions to `models` as they are now, still learning, so that scorers
+        (`--role scorer`) serve them as a single worker does: version 1 during its warm-up,
+        a champion that learns, a challenger under a traffic split."""
+        for version in versions:
+            self._publish(version, learning=True)
+            self._learned[version] = self.engine.counts["labelled"]
 
-    def _publish(self, version: int, warmup: bool) -> None:
+    def _publish(self, version: int, learning: bool) -> None:
         messages = model_messages(self.engine.registry[version], self.secret, chunk_bytes=self.chunk_bytes,
-                                  published_labelled=self.engine.counts["labelled"], warmup=warmup)
+                                  published_labelled=self.engine.counts["labelled"], learning=learning)
         for key, value in messages:
             self.producer.produce(self.topics.models, key=key, value=value)
         chunks, before = len(messages) - 1, self.models_on_topic.get(version, 0)  # all but the manifest
         for i in range(chunks, before):  # an earlier publication of this version had more
             self.producer.produce(self.topics.models, key=f"v{version}/{i}".encode(), value=None)
         self.models_on_topic[version] = chunks
-        self.warmup_on_topic = warmup
+        if learning:
+            self.learning_on_topic.add(version)
+        else:
+            self.learning_on_topic.discard(version)
 
     def prune_models(self, versions: list[int]) -> None:
         """Write the tombstones of these versions on `models` (the worker also prunes all of
         them when a new engine starts: its numbering starts again at v1)."""
         for version in versions:
+            self.learning_on_topic.discard(version)
             for key, value in tombstones(version, self.models_on_topic.pop(version)):
                 self.producer.produce(self.topics.models, key=key, value=value)

@@ -9,21 +9,24 @@ rebalance can no longer commit them. Its ``transactional.id`` is ``worker-<group
 scorer-<scorer id>``: a scorer restarted with the same id aborts what its previous run
 left open at once, instead of holding readers back until the transaction times out.
 
-The champion is the version the latest lifecycle event on ``control`` names (before any,
-version 1); its model comes from ``models``, signed (:mod:`worker.io.models`). The
-trainer (``--role trainer``) publishes version 1 at its start and again while it learns
-during the warm-up, and a scorer loads every new publication of the version it serves,
-so scorers serve from the start, as a single worker does. A promotion or rollback
-reaches the scorers as soon as they read its lifecycle event, so for a moment they may
-still serve the previous champion; every prediction names the version that made it.
-Scorers serve the champion only: no traffic split, no shadow score (the trainer scores
-both models on every event).
+What to serve is what the latest lifecycle event on ``control`` says: the champion (before
+any, version 1), the challenger and the traffic split. Under a split the challenger
+serves its share of entities, chosen by the same sticky hash as a single worker's
+(:mod:`worker.core.split`). Models come from ``models``, signed (:mod:`worker.io.models`).
+The trainer (``--role trainer``) publishes version 1 at its start and again while it
+learns during the warm-up, and the challenger while a split serves it, again as it
+learns; a scorer loads every new publication of the versions it serves, so scorers serve
+from the start, as a single worker does. A lifecycle event reaches the scorers as soon as
+they read it, so for a moment they may still serve the previous models; every prediction
+names the version that made it. Scorers compute no shadow score: the trainer scores both
+models on every event, and keeps the metrics per arm.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,7 +34,8 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPart
 
 from worker.core.metrics import predict_from_proba
 from worker.core.observer import Observer
-from worker.core.types import LifecycleEvent, Prediction
+from worker.core.split import serves_challenger
+from worker.core.types import Event, LifecycleEvent, Prediction
 from worker.errors import BadInputError, ConfigError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import decode_command, decode_event
@@ -49,12 +53,12 @@ from worker.runtime.worker import (
 
 log = logging.getLogger("worker.scorer")
 
-CONTROL_SCAN = 1000  # control messages read per step back from its end, looking for the champion
-RETRY_S = 1.0  # between attempts to load a champion that is not on `models` yet
+CONTROL_SCAN = 1000  # control messages read per step back from its end, looking for a lifecycle event
+RETRY_S = 1.0  # between attempts to load a model that is not on `models` yet
 
 
-def latest_champion(reader: Any, topic: str) -> tuple[int | None, int]:
-    """(the champion the last lifecycle event on ``topic`` names, or None; the end offset).
+def latest_lifecycle(reader: Any, topic: str) -> tuple[LifecycleEvent | None, int]:
+    """(the last lifecycle event on ``topic`` that names a champion, or None; the end offset).
 
     Reads back from the end, ``CONTROL_SCAN`` messages at a time, so a long control log
     costs only its tail."""
@@ -62,11 +66,11 @@ def latest_champion(reader: Any, topic: str) -> tuple[int | None, int]:
     last = end - 1
     while last >= 0:
         first = max(0, last - CONTROL_SCAN + 1)
-        champion = None
+        found = None
         for msg in kafka.read_range(reader, topic, 0, first, last):
-            champion = _champion_of(msg.value()) or champion
-        if champion is not None:
-            return champion, end
+            found = _lifecycle_of(msg.value()) or found
+        if found is not None:
+            return found, end
         last = first - 1
     return None, end
 
@@ -77,29 +81,40 @@ def _end(reader: Any, topic: str) -> int:
     return reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=TXN_CALL_TIMEOUT_S, cached=False)[1]
 
 
-def _champion_of(value: bytes | None) -> int | None:
+def _lifecycle_of(value: bytes | None) -> LifecycleEvent | None:
     try:
         decoded, _ = decode_command(value)
     except BadInputError:
         return None
-    return decoded.champion if isinstance(decoded, LifecycleEvent) else None
+    return decoded if isinstance(decoded, LifecycleEvent) and decoded.champion is not None else None
 
 
-class ChampionFeed:
-    """Follows ``control`` for the champion's version, and ``models`` for its model.
+@dataclass(frozen=True)
+class Served:
+    """A model a scorer serves, and the publication (manifest) it was loaded from."""
+
+    version: int
+    model: Any
+    manifest: bytes | None
+
+
+class ModelFeed:
+    """Follows ``control`` for what to serve (champion, challenger, split), and ``models``
+    for their models.
 
     Both are followed by consumers of their own, read without waiting on every poll; the
-    models of versions older than the one served are forgotten as they come (a rollback
-    to one of those reads the topic again), so the memory holds about one model.
+    models of versions older than those served are forgotten as they come (a rollback to
+    one of those reads the topic again), so the memory holds about two models.
     """
 
     def __init__(self, settings: RunSettings) -> None:
         self.settings = settings
-        self.version: int | None = None
-        self.model: Any = None
-        self._wanted: int | None = None
-        self._manifest: bytes | None = None  # of the model served: a new one is loaded anew
+        self.champion: Served | None = None
+        self.challenger: Served | None = None  # only under a split
+        self.split = 0.0
+        self._wanted: LifecycleEvent | None = None  # the latest lifecycle event read
         self._next_try = 0.0
+        self._missing: set[int] = set()  # versions said to be unavailable (said once each)
         self._catalog = Catalog()
         config = settings.kafka.consumer_config()
         group = settings.kafka.group
@@ -111,9 +126,9 @@ class ChampionFeed:
         topics = self.settings.kafka.topics
         reader = kafka.reader(self._reader_config)
         try:
-            self._wanted, control_end = latest_champion(reader, topics.control)
+            self._wanted, control_end = latest_lifecycle(reader, topics.control)
             models_end = _end(reader, topics.models)  # what comes after it is read twice: harmless
-            self._catalog = read_catalog(reader, topics.models, chunks_of=(self._wanted or 1,))
+            self._catalog = read_catalog(reader, topics.models, chunks_of=self._versions_wanted())
         finally:
             reader.close()
         self._control.assign([TopicPartition(topics.control, 0, control_end)])
@@ -122,45 +137,76 @@ class ChampionFeed:
 
     def poll(self) -> None:
         """Take what came on control and models since the last call; switch models when
-        the champion changed (and its model is published)."""
+        the lifecycle changed (and their models are published) or a model was published
+        anew."""
         for msg in self._control.consume(num_messages=100, timeout=0):
             if not msg.error():
-                self._wanted = _champion_of(msg.value()) or self._wanted
+                self._wanted = _lifecycle_of(msg.value()) or self._wanted
         for msg in self._models.consume(num_messages=100, timeout=0):
             if not msg.error():
                 self._catalog.add(msg.key(), msg.value())
         self._load_when_due()
 
-    def _champion(self) -> int | None:
-        """The version to serve: the one the control log names last; before any, version 1
-        (the trainer publishes it during its warm-up too)."""
-        return self._wanted if self._wanted is not None else 1 if self._catalog.published(1) else None
+    def pick(self, event: Event) -> tuple[str, Served]:
+        """The arm that serves ``event`` and its model: the challenger for its share of
+        entities while a split is set and its model is loaded, else the champion."""
+        challenger = self.challenger
+        if challenger is not None and serves_challenger(event.key, self.split, event.id):
+            return "challenger", challenger
+        return "champion", self.champion
+
+    def _versions_wanted(self) -> tuple[int, ...]:
+        """(champion, challenger under a split): the champion the control log names last,
+        before any, version 1 (the trainer publishes it during its warm-up too)."""
+        wanted = self._wanted
+        if wanted is None:
+            return (1,)
+        challenger = wanted.challenger if wanted.split else None
+        return (wanted.champion,) if challenger is None else (wanted.champion, challenger)
 
     def _load_when_due(self) -> None:
-        wanted = self._champion()
-        if wanted is None or time.monotonic() < self._next_try:
+        if time.monotonic() < self._next_try:
             return
-        if wanted == self.version and self._catalog.manifest(wanted) == self._manifest:
-            return  # serving that very publication
+        champion, *challenger = self._versions_wanted()
+        if self._wanted is None and not self._catalog.published(1):
+            return  # no trainer has published version 1 yet
+        self.champion = self._load(champion, self.champion, "champion")
+        split = self._wanted.split if self._wanted is not None and self._wanted.split else 0.0
+        if split != self.split:
+            log.info("traffic split: %g %% of entities for the challenger", split)
+            self.split = split
+        current = self.challenger if self.challenger and challenger == [self.challenger.version] else None
+        self.challenger = self._load(challenger[0], current, "challenger") if challenger else None
+        versions = [served.version for served in (self.champion, self.challenger) if served is not None]
+        if versions:
+            self._catalog.drop_chunks_below(min(versions))
+
+    def _load(self, version: int, served: Served | None, role: str) -> Served | None:
+        """``served`` when it is ``version``'s latest publication, else that one loaded;
+        ``served`` when it cannot be loaded yet (None for a challenger that changed)."""
+        manifest = self._catalog.manifest(version)
+        if served is not None and served.version == version and served.manifest == manifest:
+            return served  # serving that very publication
         try:
-            if not self._catalog.published(wanted):
-                raise SnapshotError(f"version {wanted} is not on the models topic yet")
+            if manifest is None:
+                raise SnapshotError(f"version {version} is not on the models topic yet")
             try:
-                model = self._catalog.load(wanted, self.settings.secrets)
+                model = self._catalog.load(version, self.settings.secrets)
             except SnapshotError:  # an older version, forgotten here: read the topic again
                 catalog = read_models(self._reader_config, self.settings.kafka.topics.models,
-                                      chunks_of=(wanted,))
-                model = catalog.load(wanted, self.settings.secrets)
-        except (SnapshotError, KafkaException) as e:  # not published yet (the warm-up), not ours, no broker
+                                      chunks_of=(version,))
+                model = catalog.load(version, self.settings.secrets)
+        except (SnapshotError, KafkaException) as e:  # not published yet, not ours, no broker
             self._next_try = time.monotonic() + RETRY_S
-            log.info("champion v%d cannot be served yet: %s", wanted, e)
-            return
-        manifest = self._catalog.manifest(wanted)
-        learned = orjson.loads(manifest).get("learned") if manifest else None
-        log.info("serving champion v%d (was v%s), learned from %s labelled events", wanted, self.version,
-                 learned)
-        self.version, self.model, self._manifest = wanted, model, manifest
-        self._catalog.drop_chunks_below(wanted)
+            if version not in self._missing:
+                self._missing.add(version)
+                log.info("%s v%d cannot be served yet: %s", role, version, e)
+            return served if role == "champion" else None
+        learned = orjson.loads(manifest).get("learned")
+        share = f" to {self._wanted.split:g} % of entities" if role == "challenger" else ""
+        log.info("serving %s v%d%s (was v%s), learned from %s labelled events", role, version, share,
+                 served.version if served else None, learned)
+        return Served(version, model, manifest)
 
     def close(self) -> None:
         self._control.close()
@@ -175,7 +221,7 @@ class Scorer:
         self.topics = settings.kafka.topics
         self.stopping = False
         self.ready = False
-        self.feed = ChampionFeed(settings)
+        self.feed = ModelFeed(settings)
         self.observer = Observer()  # worker.obs.server.serve() swaps in the Prometheus one
         self.engine = None  # none here: the /readyz and /metrics helpers look for one
         self.dead_letters = DeadLetters(self.topics.dlq)
@@ -199,7 +245,7 @@ class Scorer:
             raise kafka.start_error(e.args[0]) from None
         try:
             self.feed.start()
-            while self.feed.model is None and not self.stopping:
+            while self.feed.champion is None and not self.stopping:
                 time.sleep(0.2)  # no trainer has published version 1 yet (polling, not sync)
                 self.feed.poll()
             if self.stopping:
@@ -212,7 +258,8 @@ class Scorer:
             self._consumer.subscribe([self.topics.events], on_revoke=self._on_revoke, on_lost=self._on_lost)
             self._producer.begin_transaction()
             self.ready = True
-            log.info("ready: scorer %s serving champion v%d", self.settings.scorer_id, self.feed.version)
+            log.info("ready: scorer %s serving champion v%d", self.settings.scorer_id,
+                     self.feed.champion.version)
             while not self.stopping:
                 self._step()
             self._commit()
@@ -271,18 +318,19 @@ class Scorer:
         position = (msg.topic(), msg.partition(), msg.offset())
         try:
             event = decode_event(msg.value(), msg.key(), position, self.settings.limits)
+            arm, served = self.feed.pick(event)
             try:
-                proba = self.feed.model.predict_proba_one(event.features)
+                proba = served.model.predict_proba_one(event.features)
             except Exception as e:  # noqa: BLE001 - a model error makes this event bad, not the scorer
                 raise BadInputError(f"model raised {type(e).__name__}: {e}") from e
-            prediction = Prediction(event.id, "champion", self.feed.version, predict_from_proba(proba), proba,
+            prediction = Prediction(event.id, arm, served.version, predict_from_proba(proba), proba,
                                     event.ts, event.key)
             produce_prediction(self._producer, self.topics.predictions, prediction, self._prediction_bytes)
         except BadInputError as e:
             self.dead_letters.write(self._producer, msg, str(e))
             self.observer.dead_letter()
             return
-        self.observer.event_scored("champion")
+        self.observer.event_scored(arm)
 
     def _commit(self) -> None:
         """Commit the open transaction with the consumed offsets, and open the next."""

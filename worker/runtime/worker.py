@@ -129,7 +129,7 @@ class Worker:
         self._runs: list[list[Any]] = []
         self._last_snapshot = 0.0
         self._snapshot_events = 0  # engine's event count at the last snapshot
-        self._warmup_published = 0.0  # --role trainer: when version 1 was last published in its warm-up
+        self._learners_published = 0.0  # --role trainer: when models that learn were last published
         self._last_commit = 0.0
         self._last_status = time.monotonic()
         self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check_topics)
@@ -354,15 +354,16 @@ class Worker:
                  or (every_events and events_since >= every_events))
         )
         idle_for = now - self._last_commit
-        # a trainer republishes version 1 while it warms up, for the scorers to serve
-        warmup_due = (self.settings.role == "trainer" and self._handler.warmup_unpublished()
-                      and now - self._warmup_published >= self.settings.kafka.snapshot_interval_s)
-        if (not self._runs and not snapshot_due and not warmup_due
+        # a trainer republishes the models that serve while they learn, for its scorers
+        learners = self._handler.learners_due(
+            now - self._learners_published >= self.settings.kafka.snapshot_interval_s
+        ) if self.settings.role == "trainer" else []
+        if (not self._runs and not snapshot_due and not learners
                 and not (self.exactly_once and idle_for >= HEARTBEAT_S)):
             return
-        if warmup_due:
-            self._handler.publish_warmup()
-            self._warmup_published = now
+        if learners:
+            self._handler.publish_learners(learners)
+            self._learners_published = now
         if self.exactly_once:
             if not self._runs and not snapshot_due:
                 # An idle instance would never learn that a newer one fenced it: touch the log.
@@ -465,8 +466,8 @@ class Worker:
             self.engine = Engine(self.engine_config)
             log.info("new engine%s", " (--fresh: stored state ignored)" if self._fresh else "")
         self.engine.model_source = self._published_model
-        manifests = self._models().manifests()
-        on_topic = {m["version"]: m["chunks"] for m in manifests}
+        catalog = self._models()
+        on_topic = {m["version"]: m["chunks"] for m in catalog.manifests()}
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
                                 secrets=self.settings.secrets,
                                 require_signed_commands=self.settings.require_signed_commands,
@@ -475,7 +476,7 @@ class Worker:
                                 models_retain=self.settings.models_retain,
                                 message_bytes=self._message_bytes,
                                 models_on_topic=on_topic,
-                                warmup_on_topic=any(m.get("warmup") for m in manifests))
+                                learning_on_topic=catalog.learning())
 
     def _publish_models(self) -> None:
         """At start, on `models`: a new engine first prunes the previous engine's versions
