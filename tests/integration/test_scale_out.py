@@ -210,8 +210,9 @@ def test_scorers_serve_version_1_during_the_trainers_warm_up(bootstrap, unique, 
 
 def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(bootstrap, unique, tmp_path):
     """`worker control split 30` in scale-out: the trainer publishes the challenger, and
-    again as it learns; the scorers serve it to the entities a single worker would (the
-    sticky hash), follow a promotion to the next challenger, and stop at split 0."""
+    again as it learns; the scorers (one started before the split, one after) serve it to
+    the entities a single worker would (the sticky hash), follow a promotion to the next
+    challenger, and stop at split 0."""
     prefix = unique("split") + "."
     create_all_topics(bootstrap, prefix, 2)
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer", "--policy",
@@ -242,18 +243,24 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
         assert 0 < sum(arm == "challenger" for arm, _ in served(300, 600).values()) < 300
         wait_until(lambda: "serving challenger v2 to 30 % of entities (was v2)" in s1.log(), 30,
                    "v2 republished as it learned")
+        s2 = scorer(bootstrap, prefix, tmp_path / "s2.log", "s2")  # finds the split on control at start
+        processes.append(s2)
+        s2.wait_ready()
+        assert "serving challenger v2 to 30 % of entities (was vNone)" in s2.log()
 
         code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
         assert code == 0, (lines, stderr)
-        wait_until(lambda: "serving challenger v3" in s1.log() and "serving champion v2" in s1.log(), 30,
-                   "the scorer to load v2 and v3")
+        for s in (s1, s2):
+            wait_until(lambda s=s: "serving challenger v3" in s.log() and "serving champion v2" in s.log(),
+                       30, "the scorers to load v2 and v3")
         produce(bootstrap, prefix + "events", [event(i, label=None) for i in range(600, 800)])
         wait_until(lambda: len(served(600, 800)) == 200, 60, "200 predictions after the promotion")
         assert served(600, 800) == expected(600, 800, 30, champion=2, challenger=3)
 
         code, lines, stderr = control(bootstrap, prefix, "split", "0")
         assert code == 0, (lines, stderr)
-        wait_until(lambda: "traffic split: 0 %" in s1.log(), 30, "the scorer to read split 0")
+        for s in (s1, s2):
+            wait_until(lambda s=s: "traffic split: 0 %" in s.log(), 30, "the scorers to read split 0")
         produce(bootstrap, prefix + "events", [event(i, label=None) for i in range(800, 900)])
         wait_until(lambda: len(served(800, 900)) == 100, 60, "100 predictions at split 0")
         assert set(served(800, 900).values()) == {("champion", 2)}
@@ -264,7 +271,7 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
         assert v2[0]["learning"] is True and "learning" not in v2[-1], "published for good when promoted"
     finally:
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
-    assert codes == [0, 0], [p.log()[-2000:] for p in processes]
+    assert codes == [0, 0, 0], [p.log()[-2000:] for p in processes]
 
 
 def test_scorers_serve_on_while_the_trainer_is_down_and_follow_its_restart(bootstrap, unique, tmp_path):
