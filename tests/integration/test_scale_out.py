@@ -217,7 +217,8 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
     create_all_topics(bootstrap, prefix, 2)
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer", "--policy",
                             "manual", "--warmup-labels", "200", "--snapshot-interval-s", "1")
-    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1")
+    port = free_port()
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", "--metrics-port", str(port))
     processes = [trainer, s1]
 
     def served(first: int, last: int) -> dict[str, tuple[str, int]]:
@@ -241,6 +242,10 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
         wait_until(lambda: len(served(300, 600)) == 300, 60, "300 predictions under the split")
         assert served(300, 600) == expected(300, 600, 30, champion=1, challenger=2)
         assert 0 < sum(arm == "challenger" for arm, _ in served(300, 600).values()) < 300
+        metrics = http(port, "/metrics")[1].splitlines()
+        for line in ('worker_model_version{role="champion"} 1.0',
+                     'worker_model_version{role="challenger"} 2.0', "worker_split_percent 30.0"):
+            assert line in metrics, line
         wait_until(lambda: "serving challenger v2 to 30 % of entities (was v2)" in s1.log(), 30,
                    "v2 republished as it learned")
         s2 = scorer(bootstrap, prefix, tmp_path / "s2.log", "s2")  # finds the split on control at start

@@ -167,11 +167,12 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         worker = self.observer.worker
-        engine = getattr(worker, "engine", None)
-        if engine is None or not getattr(worker, "ready", False):
+        if worker is None or not getattr(worker, "ready", False):
             return
-        status = _status(engine)
-        if status is not None:
+        engine = getattr(worker, "engine", None)
+        if engine is None:  # a scorer: what it serves
+            yield from _serving_gauges(worker.serving())
+        elif (status := _status(engine)) is not None:
             yield from _engine_gauges(status)
         lag = GaugeMetricFamily("worker_consumer_lag_messages", "Messages not yet consumed (high "
                                 "watermark - position), sampled about once a second.",
@@ -197,16 +198,32 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def _engine_gauges(s: dict) -> Iterator[GaugeMetricFamily]:
+def _versions(s: dict) -> GaugeMetricFamily:
     versions = GaugeMetricFamily("worker_model_version", "Version of the model in each role.",
                                  labels=["role"])
+    for role in ROLES:
+        if s.get(role) is not None:
+            versions.add_metric([role], s[role])
+    return versions
+
+
+def _split(s: dict) -> GaugeMetricFamily:
+    return _gauge("worker_split_percent", "Percent of entities served by the challenger.", s["split_percent"])
+
+
+def _serving_gauges(s: dict) -> Iterator[GaugeMetricFamily]:
+    """A scorer's: the versions it serves (its champion; its challenger under a split)."""
+    yield _versions(s)
+    yield _split(s)
+
+
+def _engine_gauges(s: dict) -> Iterator[GaugeMetricFamily]:
     families = {m: GaugeMetricFamily(f"worker_model_{m}", f"Prequential {m} of the model in each role.",
                                      labels=["role", "version", "view"]) for m in MODEL_METRICS}
     for role in ROLES:
         version = s.get(role)
         if version is None:
             continue
-        versions.add_metric([role], version)
         report = s["models"][role]["metrics"]
         for view in VIEWS:
             for m, family in families.items():
@@ -215,7 +232,7 @@ def _engine_gauges(s: dict) -> Iterator[GaugeMetricFamily]:
                                labels=["view"])
     for view in VIEWS:
         served.add_metric([view], s["served"][view]["accuracy"])
-    yield versions
+    yield _versions(s)
     yield from families.values()
     yield served
     counts, pending = s["counts"], s["pending"]
@@ -228,7 +245,7 @@ def _engine_gauges(s: dict) -> Iterator[GaugeMetricFamily]:
     yield _gauge("worker_challenger_resets", f"Challengers replaced {kept}.", counts["resets"])
     yield _gauge("worker_pending_predictions", "Predictions waiting for their label.", pending["predictions"])
     yield _gauge("worker_pending_labels", "Labels waiting for their event.", pending["labels"])
-    yield _gauge("worker_split_percent", "Percent of entities served by the challenger.", s["split_percent"])
+    yield _split(s)
     yield _gauge("worker_learning", "1 while the models learn, 0 while paused.", 1 if s["learning"] else 0)
     if s["test"] is not None:
         yield _gauge("worker_test_e_value", "E-value of the challenger-vs-champion test.",

@@ -267,6 +267,12 @@ class Scorer:
             self._close()
         log.info("stopped cleanly")
 
+    def serving(self) -> dict[str, Any]:
+        """The versions it serves and the split, for the metrics (read from their thread)."""
+        champion, challenger = self.feed.champion, self.feed.challenger
+        return {"champion": champion.version if champion else None,
+                "challenger": challenger.version if challenger else None, "split_percent": self.feed.split}
+
     def _new_producer(self) -> Any:
         """A transactional producer under this scorer's id: its ``init_transactions``
         aborts what an earlier producer with the id left open (a previous run's, or this
