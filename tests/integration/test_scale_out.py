@@ -216,7 +216,8 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
     prefix = unique("split") + "."
     create_all_topics(bootstrap, prefix, 2)
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer", "--policy",
-                            "manual", "--warmup-labels", "200", "--snapshot-interval-s", "1")
+                            "manual", "--warmup-labels", "200", "--snapshot-interval-s", "1",
+                            "--models-retain", "1")
     port = free_port()
     s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", "--metrics-port", str(port))
     processes = [trainer, s1]
@@ -261,6 +262,13 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
         produce(bootstrap, prefix + "events", [event(i, label=None) for i in range(600, 800)])
         wait_until(lambda: len(served(600, 800)) == 200, 60, "200 predictions after the promotion")
         assert served(600, 800) == expected(600, 800, 30, champion=2, challenger=3)
+
+        code, lines, stderr = control(bootstrap, prefix, "reset")  # challenger v4 replaces v3
+        assert code == 0, (lines, stderr)
+        wait_until(lambda: "serving challenger v4" in s1.log(), 30, "the scorer to load v4")
+        latest = {m.key(): m.value() for m in read_all(bootstrap, prefix + "models") if b"/" not in m.key()}
+        assert {key for key, value in latest.items() if value is not None} == {b"v2", b"v4"}, \
+            "--models-retain 1 keeps the newest (the challenger) and the champion"
 
         code, lines, stderr = control(bootstrap, prefix, "split", "0")
         assert code == 0, (lines, stderr)

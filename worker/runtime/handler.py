@@ -246,10 +246,12 @@ class Handler:
     def publish_learners(self, versions: list[int]) -> None:
         """Write these versions to `models` as they are now, still learning, so that scorers
         (`--role scorer`) serve them as a single worker does: version 1 during its warm-up,
-        a champion that learns, a challenger under a traffic split."""
+        a champion that learns, a challenger under a traffic split. Prunes like
+        `publish_champion` (the challenger is the newest version: it is kept)."""
         for version in versions:
             self._publish(version, learning=True)
             self._learned[version] = self.engine.counts["labelled"]
+        self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, self.engine.champion))
 
     def _publish(self, version: int, learning: bool) -> None:
         messages = model_messages(self.engine.registry[version], self.secret, chunk_bytes=self.chunk_bytes,
@@ -270,5 +272,6 @@ class Handler:
         them when a new engine starts: its numbering starts again at v1)."""
         for version in versions:
             self.learning_on_topic.discard(version)
+            self._learned.pop(version, None)
             for key, value in tombstones(version, self.models_on_topic.pop(version)):
                 self.producer.produce(self.topics.models, key=key, value=value)
