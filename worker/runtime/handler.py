@@ -168,7 +168,7 @@ class Handler:
         self.models_retain = models_retain
         # those whose last publication is of a model that still learns (`publish_learners`)
         self.learning_on_topic = set(learning_on_topic or ())
-        self._learned: dict[int, int] = {}  # version → labelled events when it was last published so
+        self._learned: dict[int, int] = {}  # version → events it had learned when last published so
 
     def handle(self, msg: Message, emit: bool) -> None:
         topic = msg.topic()
@@ -238,10 +238,10 @@ class Handler:
     def learners_due(self, interval_passed: bool) -> list[int]:
         """The versions that serve while they learn (:meth:`Engine.serving_learners`) and are
         due on `models`: at once when they are not there yet, else when they learned since
-        their last publication and ``interval_passed``."""
-        labelled = self.engine.counts["labelled"]
-        return [v for v in self.engine.serving_learners()
-                if v not in self.models_on_topic or (interval_passed and self._learned.get(v) != labelled)]
+        their last publication (not while learning is paused) and ``interval_passed``."""
+        registry = self.engine.registry
+        return [v for v in self.engine.serving_learners() if v not in self.models_on_topic
+                or (interval_passed and self._learned.get(v) != registry[v].learned)]
 
     def publish_learners(self, versions: list[int]) -> None:
         """Write these versions to `models` as they are now, still learning, so that scorers
@@ -250,7 +250,7 @@ class Handler:
         `publish_champion` (the challenger is the newest version: it is kept)."""
         for version in versions:
             self._publish(version, learning=True)
-            self._learned[version] = self.engine.counts["labelled"]
+            self._learned[version] = self.engine.registry[version].learned
         self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, self.engine.champion))
 
     def _publish(self, version: int, learning: bool) -> None:
