@@ -7,12 +7,14 @@ disturbs no other test.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -55,6 +57,9 @@ def own_broker() -> Iterator[str]:
         yield f"127.0.0.1:{PORT}"
     finally:
         kafka_local("stop")
+        # its data, config and log (scripts/kafka-local keeps them under .kafka-local/<port>)
+        home = Path(os.environ.get("KAFKA_LOCAL_HOME", KAFKA_LOCAL.parent.parent / ".kafka-local"))
+        shutil.rmtree(home / str(PORT), ignore_errors=True)
 
 
 def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
