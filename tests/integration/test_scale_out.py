@@ -179,7 +179,7 @@ def test_scorers_serve_version_1_during_the_trainers_warm_up(bootstrap, unique, 
     create_all_topics(bootstrap, prefix, 2)
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer", "--policy",
                             "manual", "--warmup-labels", "200", "--snapshot-interval-s", "1")
-    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1")
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", "--log-level", "debug")  # republications
     processes = [trainer, s1]
 
     def labels(first: int, last: int) -> list[tuple[None, bytes]]:
@@ -216,10 +216,10 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
     prefix = unique("split") + "."
     create_all_topics(bootstrap, prefix, 2)
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer", "--policy",
-                            "manual", "--warmup-labels", "200", "--snapshot-interval-s", "1",
-                            "--models-retain", "1")
-    port = free_port()
-    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", "--metrics-port", str(port))
+                            "manual", "--warmup-labels", "200", "--snapshot-interval-s", "1")
+    port = free_port()  # debug: a new publication of the version served is logged at debug level
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", "--metrics-port", str(port),
+                "--log-level", "debug")
     processes = [trainer, s1]
 
     def served(first: int, last: int) -> dict[str, tuple[str, int]]:
@@ -267,8 +267,8 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
         assert code == 0, (lines, stderr)
         wait_until(lambda: "serving challenger v4" in s1.log(), 30, "the scorer to load v4")
         latest = {m.key(): m.value() for m in read_all(bootstrap, prefix + "models") if b"/" not in m.key()}
-        assert {key for key, value in latest.items() if value is not None} == {b"v2", b"v4"}, \
-            "--models-retain 1 keeps the newest (the challenger) and the champion"
+        assert {key for key, value in latest.items() if value is not None} == {b"v1", b"v2", b"v4"}, \
+            "the replaced challenger v3 is gone, the former champion v1 stays"
 
         code, lines, stderr = control(bootstrap, prefix, "split", "0")
         assert code == 0, (lines, stderr)

@@ -93,15 +93,16 @@ def test_the_engine_says_when_the_warm_up_is_over():
 
 def test_a_follower_forgets_older_models_but_keeps_their_manifests():
     catalog = Catalog()
-    for version in (1, 2, 3):
+    for version in (1, 2, 3, 4, 5):
         for key, value in model_messages(trained_version(version), SECRET, chunk_bytes=500,
                                          published_labelled=0):
             catalog.add(key, value)
-    catalog.drop_chunks_below(3)
-    assert [m["version"] for m in catalog.manifests()] == [1, 2, 3]
-    assert catalog.published(1) and catalog.load(3, SECRET) is not None
-    with pytest.raises(SnapshotError, match="missing chunks"):
-        catalog.load(2, SECRET)
+    catalog.keep_chunks_of({2, 4})  # e.g. champion v2, challenger v4 (v3 a discarded challenger)
+    assert [m["version"] for m in catalog.manifests()] == [1, 2, 3, 4, 5]
+    assert catalog.published(1) and all(catalog.load(v, SECRET) is not None for v in (2, 4, 5))
+    for forgotten in (1, 3):
+        with pytest.raises(SnapshotError, match="missing chunks"):
+            catalog.load(forgotten, SECRET)
 
 
 def test_a_pruned_version_is_gone_and_says_so():

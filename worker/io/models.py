@@ -109,11 +109,14 @@ class Catalog:
         key = f"v{version}".encode()
         return key in self._latest and self._latest[key] is None
 
-    def drop_chunks_below(self, version: int) -> None:
-        """Forget the models of versions older than ``version`` (their manifests stay): a
-        reader that follows the topic keeps its memory to the versions it may still load."""
-        for key in [k for k in self._latest if b"/" in k and _version_of(k) < version]:
-            del self._latest[key]
+    def keep_chunks_of(self, served: Collection[int]) -> None:
+        """Forget the models of versions older than the newest of ``served`` but those in
+        ``served`` (their manifests stay): a reader that follows the topic keeps its memory
+        to the versions it serves and those that may come next."""
+        newest = max(served)
+        for key in [k for k in self._latest if b"/" in k]:
+            if (version := _version_of(key)) < newest and version not in served:
+                del self._latest[key]
 
     def load(self, version: int, secret: bytes | Sequence[bytes]) -> Any:
         """The model of ``version``; a missing, incomplete, tampered or foreign one

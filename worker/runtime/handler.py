@@ -224,24 +224,38 @@ class Handler:
         more when a version published as learning stops learning as the champion.
         Called whenever lifecycle events are written, so no champion is missed: a message
         changes the champion at most once. Each publication prunes the versions beyond
-        ``models_retain``, in the same transaction."""
+        ``models_retain``, in the same transaction; replaced challengers go at once."""
         engine = self.engine
         version = engine.champion
+        self.prune_models(self._discarded())
         if not engine.warmed_up:
             return
-        learning = version in engine.serving_learners()
+        # only a trainer publishes models that learn again (for its scorers): a single
+        # worker's publication of a champion that learns is as it was when promoted
+        learning = not self.serve and version in engine.serving_learners()
         if version in self.models_on_topic and (learning or version not in self.learning_on_topic):
             return
         self._publish(version, learning)
         self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, version))
 
+    def _discarded(self) -> list[int]:
+        """Challengers published while a split served them, then replaced (a reset): never
+        champions, they will never serve again, so their models leave `models` (a champion
+        stays, to roll back to)."""
+        registry, engine = self.engine.registry, self.engine
+        return [v for v in sorted(self.learning_on_topic) if v in registry and v != engine.challenger
+                and v != engine.champion and "champion" not in registry[v].roles]
+
     def learners_due(self, interval_passed: bool) -> list[int]:
         """The versions that serve while they learn (:meth:`Engine.serving_learners`) and are
-        due on `models`: at once when they are not there yet, else when they learned since
-        their last publication (not while learning is paused) and ``interval_passed``."""
-        registry = self.engine.registry
-        return [v for v in self.engine.serving_learners() if v not in self.models_on_topic
-                or (interval_passed and self._learned.get(v) != registry[v].learned)]
+        due on `models`: at once when they just started to serve (or this handler has not
+        published them yet), else when they learned since their last publication (not while
+        learning is paused) and ``interval_passed``."""
+        serving, registry = self.engine.serving_learners(), self.engine.registry
+        for version in [v for v in self._learned if v not in serving]:
+            del self._learned[version]  # when it serves again (a split set again), at once
+        return [v for v in serving if v not in self._learned
+                or (interval_passed and self._learned[v] != registry[v].learned)]
 
     def publish_learners(self, versions: list[int]) -> None:
         """Write these versions to `models` as they are now, still learning, so that scorers
@@ -250,7 +264,6 @@ class Handler:
         `publish_champion` (the challenger is the newest version: it is kept)."""
         for version in versions:
             self._publish(version, learning=True)
-            self._learned[version] = self.engine.registry[version].learned
         self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, self.engine.champion))
 
     def _publish(self, version: int, learning: bool) -> None:
@@ -264,6 +277,7 @@ class Handler:
         self.models_on_topic[version] = chunks
         if learning:
             self.learning_on_topic.add(version)
+            self._learned[version] = self.engine.registry[version].learned
         else:
             self.learning_on_topic.discard(version)
 

@@ -103,8 +103,9 @@ class ModelFeed:
     for their models.
 
     Both are followed by consumers of their own, read without waiting on every poll; the
-    models of versions older than those served are forgotten as they come (a rollback to
-    one of those reads the topic again), so the memory holds about two models.
+    models of versions older than the newest served, but those served, are forgotten as
+    they come (a rollback to one of those reads the topic again), so the memory holds
+    about two models.
     """
 
     def __init__(self, settings: RunSettings) -> None:
@@ -175,15 +176,15 @@ class ModelFeed:
         if split != self.split:
             log.info("traffic split: %g %% of entities for the challenger", split)
             self.split = split
-        current = self.challenger if self.challenger and challenger == [self.challenger.version] else None
-        self.challenger = self._load(challenger[0], current, "challenger") if challenger else None
-        versions = [served.version for served in (self.champion, self.challenger) if served is not None]
+        self.challenger = self._load(challenger[0], self.challenger, "challenger") if challenger else None
+        versions = {served.version for served in (self.champion, self.challenger) if served is not None}
         if versions:
-            self._catalog.drop_chunks_below(min(versions))
+            self._catalog.keep_chunks_of(versions)
 
     def _load(self, version: int, served: Served | None, role: str) -> Served | None:
-        """``served`` when it is ``version``'s latest publication, else that one loaded;
-        ``served`` when it cannot be loaded yet (None for a challenger that changed)."""
+        """``served`` when it is ``version``'s latest publication, else that one loaded.
+        When it cannot be loaded yet: ``served`` still, unless it is a challenger that was
+        replaced (its share goes to the champion meanwhile)."""
         manifest = self._catalog.manifest(version)
         if served is not None and served.version == version and served.manifest == manifest:
             return served  # serving that very publication
@@ -201,11 +202,15 @@ class ModelFeed:
             if version not in self._missing:
                 self._missing.add(version)
                 log.info("%s v%d cannot be served yet: %s", role, version, e)
-            return served if role == "champion" else None
+            keep = served is not None and (role == "champion" or served.version == version)
+            return served if keep else None  # never a challenger that was replaced
+        self._missing.discard(version)
         learned = orjson.loads(manifest).get("learned")
         share = f" to {self._wanted.split:g} % of entities" if role == "challenger" else ""
-        log.info("serving %s v%d%s (was v%s), learned from %s labelled events", role, version, share,
-                 served.version if served else None, learned)
+        was = served.version if served else None
+        # a new publication of the model served (it learns): every snapshot interval, so quieter
+        log.log(logging.DEBUG if was == version else logging.INFO, "serving %s v%d%s (was v%s), learned from "
+                "%s labelled events", role, version, share, was, learned)
         return Served(version, model, manifest)
 
     def close(self) -> None:
@@ -270,8 +275,9 @@ class Scorer:
     def serving(self) -> dict[str, Any]:
         """The versions it serves and the split, for the metrics (read from their thread)."""
         champion, challenger = self.feed.champion, self.feed.challenger
-        return {"champion": champion.version if champion else None,
-                "challenger": challenger.version if challenger else None, "split_percent": self.feed.split}
+        return {"champion": champion.version if champion else None,  # the split in effect:
+                "challenger": challenger.version if challenger else None,  # none without a challenger
+                "split_percent": self.feed.split if challenger else 0.0}
 
     def _new_producer(self) -> Any:
         """A transactional producer under this scorer's id: its ``init_transactions``
