@@ -105,6 +105,26 @@ def test_versions_and_lifecycle_after_promote(setup):
     assert value(scrape(observer), "worker_model_version", role="champion") == 1
 
 
+def test_per_arm_metrics_once_a_split_is_set(setup):
+    _, observer, engine = setup
+    for i in range(60):
+        engine.process(event(i))
+    assert value(scrape(observer), "worker_arm_accuracy", arm="champion", view="cumulative") is None
+    engine.apply(Command(type="set_split", command_id="s1", percent=50.0))
+    served = []
+    for i in range(60, 260):
+        keyed = event(i)
+        keyed.key = f"user-{i}"
+        served.append(engine.process(keyed).served_by)
+    samples = scrape(observer)
+    assert value(samples, "worker_split_percent") == 50.0
+    for arm in ("champion", "challenger"):
+        report = engine.status()["arms"][arm]["cumulative"]
+        assert report["n"] == served.count(arm) > 0
+        assert value(samples, "worker_arm_accuracy", arm=arm, view="cumulative") == report["accuracy"]
+        assert value(samples, "worker_arm_log_loss", arm=arm, view="window") is not None
+
+
 def test_runtime_hooks(setup):
     _, observer, _ = setup
     observer.observe_batch(0.004, 4)

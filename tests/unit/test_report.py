@@ -182,6 +182,26 @@ def test_report_from_a_control_log(tmp_path: Path) -> None:
     assert 'class="marker promoted"' in page and not data.notes
 
 
+def test_the_a_b_comparison_of_a_traffic_split() -> None:
+    log, engine = control_log(n=3000)
+    assert "A/B" not in report.render_html(report.load_control(log)), "no split, no A/B section"
+    engine.apply(Command(type="set_split", command_id="split", percent=40.0))
+    for i in range(400):
+        engine.process(Event(id=f"ab{i}", features={"x": i % 7 / 7, "y": i % 5 / 5}, label=i % 3 == 0,
+                             key=f"user-{i}"))
+    engine.apply(Command(type="status", command_id="last"))
+    log += [orjson.loads(encode_lifecycle(e)) for e in engine.take_lifecycle()]
+    data = report.load_control(log)
+    arms = engine.status()["arms"]
+    assert data.split == 40.0 and data.arms == arms
+    page = report.render_html(data)
+    assert "<h2>A/B: served traffic per arm</h2>" in page and "40.0 % of entities" in page
+    for arm in ("champion", "challenger"):
+        n, accuracy = arms[arm]["cumulative"]["n"], arms[arm]["cumulative"]["accuracy"]
+        assert n > 0 and f'<td>{arm}</td><td>cumulative</td><td class="num">{n}</td>' \
+            f'<td class="num">{accuracy:.4f}</td>' in page
+
+
 def test_control_log_without_status_reports_still_has_markers_and_a_note() -> None:
     log, engine = control_log(n=6000, status_every=10**9)
     data = report.load_control(log)

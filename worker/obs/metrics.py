@@ -235,6 +235,14 @@ def _engine_gauges(s: dict) -> Iterator[GaugeMetricFamily]:
     yield _versions(s)
     yield from families.values()
     yield served
+    if s["arms"] is not None:  # since a split was first set: the A/B comparison of served traffic
+        arms = {m: GaugeMetricFamily(f"worker_arm_{m}", f"Prequential {m} of the predictions each arm served "
+                                     "(traffic split).", labels=["arm", "view"]) for m in MODEL_METRICS}
+        for arm, report in s["arms"].items():
+            for view in VIEWS:
+                for m, family in arms.items():
+                    family.add_metric([arm, view], report[view][m])
+        yield from arms.values()
     counts, pending = s["counts"], s["pending"]
     kept = "since the engine's state began (kept across restarts)"
     yield _gauge("worker_scored_events", f"Events scored {kept}.", counts["events"])

@@ -61,6 +61,9 @@ class ReportData:
     events: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # the A/B comparison of served traffic (arm → view → metrics), once a split was set
+    arms: dict[str, dict[str, dict[str, Any]]] | None = None
+    split: float | None = None
 
 
 # ----------------------------------------------------------------------------- sources
@@ -142,6 +145,7 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
     challenger = last_status["challenger"] if last_status else _last(lifecycle, "challenger")
     _absorb_lifecycle(data, lifecycle, lineage, champion, challenger)
     served = (last_status or {}).get("served", {}).get("cumulative", {})
+    data.arms, data.split = (last_status or {}).get("arms"), (last_status or {}).get("split_percent")
     data.summary = {
         "events": counts.get("events"), "labelled": counts.get("labelled"), "bad": counts.get("bad"),
         "promotions": counts.get("promotions", count("promoted")),
@@ -568,6 +572,7 @@ def render_html(data: ReportData, *, title: str = "worker report", png_name: str
         "engine. Hover a marker for its reason.</div>",
         render_svg(chart(data, "accuracy")),
         render_svg(chart(data, "f1")),
+        *_arms_section(data),
         "<h2>Versions and lineage</h2>", _versions_table(data.versions),
         "<h2>Lifecycle</h2>", _events_table(data.events),
         '<script type="application/json" id="report-data">'
@@ -575,6 +580,27 @@ def render_html(data: ReportData, *, title: str = "worker report", png_name: str
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _arms_section(data: ReportData) -> list[str]:
+    """The A/B comparison: what each arm served since a split was first set (none before)."""
+    if not data.arms:
+        return []
+    e = html.escape
+    head = ("arm", "view", "served events", "accuracy", "F1", "log-loss")
+    rows = ['<table class="arms"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
+            + "</tr></thead><tbody>"]
+    for arm, views in data.arms.items():
+        for view in ("cumulative", "window"):
+            m = views.get(view, {})
+            values = "".join(f'<td class="num">{_num(m.get(k))}</td>' for k in ("accuracy", "f1", "log_loss"))
+            rows.append(f'<tr class="role-{e(arm)}"><td>{e(arm)}</td><td>{view}</td>'
+                        f'<td class="num">{_fmt(m.get("n"))}</td>{values}</tr>')
+    rows.append("</tbody></table>")
+    note = (f"Traffic split now: {_fmt(data.split)} % of entities to the challenger. Each arm counts the "
+            "labelled events whose prediction it served, since a split was first set; the shadow comparison "
+            "of both models on every event is in the charts above.")
+    return ["<h2>A/B: served traffic per arm</h2>", f'<div class="sub">{e(note)}</div>', "\n".join(rows)]
 
 
 def _versions_table(rows: list[dict[str, Any]]) -> str:
