@@ -151,11 +151,12 @@ def test_grafana_provisioning(compose: dict[str, Any]) -> None:
 
 def exported_names() -> set[str]:
     """Every series name the worker's registry exports, with an engine that
-    has a champion, a challenger and a previous champion on probation."""
+    has a champion, a challenger, a previous champion on probation and a split."""
     engine = Engine(EngineConfig(warmup_labels=5))
     for i in range(20):
         engine.process(Event(id=f"e{i}", features={"x": float(i % 3)}, label=i % 2 == 0))
     engine.apply(Command(type="promote", command_id="p1"))
+    engine.apply(Command(type="set_split", command_id="s1", percent=50.0))
     engine.process(Event(id="e-last", features={"x": 1.0}, label=True))
     status = engine.status()
     assert status["test"] is not None and status["probation"] is not None
@@ -186,7 +187,7 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
     exprs = " ".join(dashboard_exprs())
     for needed in ("worker_model_accuracy", "worker_model_f1", "worker_model_version",
                    "worker_promotions_total", "worker_rollbacks_total", "worker_dead_letters_total",
-                   "worker_consumer_lag_messages"):
+                   "worker_consumer_lag_messages", "worker_arm_accuracy", "worker_split_percent"):
         assert needed in exprs, needed
     for role in ("champion", "challenger"):
         assert role in exprs
