@@ -31,6 +31,7 @@ from tests.integration.test_worker_io import (
     control,
     header_map,
     produce_tracked,
+    running,
     set_max_message_bytes,
     status,
 )
@@ -285,6 +286,34 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
     finally:
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
     assert codes == [0, 0, 0], [p.log()[-2000:] for p in processes]
+
+
+def test_a_champion_that_learns_is_republished_as_it_learns_and_for_good_when_demoted(
+        bootstrap, unique, tmp_path):
+    """`--champion-learns` on a trainer: the champion on `models` is republished as it learns
+    (for scorers); once promoted over, its last publication is as it was when demoted."""
+    prefix = unique("learns") + "."
+    create_all_topics(bootstrap, prefix, 1)
+
+    def manifests(version: int) -> list[dict]:
+        return [orjson.loads(m.value()) for m in read_all(bootstrap, prefix + "models")
+                if m.key() == f"v{version}".encode() and m.value() is not None]
+
+    args = ("--role", "trainer", "--champion-learns", "--policy", "manual", "--warmup-labels", "100",
+            "--snapshot-interval-s", "1")
+    with running(bootstrap, prefix, tmp_path / "trainer.log", *args):
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
+        wait_until(lambda: status(bootstrap, prefix)["counts"]["labelled"] == 300, 60, "300 labels learned")
+        wait_until(lambda: manifests(1)[-1]["learned"] == 300, 30, "v1 republished as it learned")
+        assert all(m["learning"] for m in manifests(1)), "v1 never stopped learning"
+        code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
+        assert code == 0, (lines, stderr)
+        final = manifests(1)[-1]
+        assert "learning" not in final and final["learned"] == 300, final
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300, 400)])
+        wait_until(lambda: manifests(2)[-1]["learned"] == manifests(2)[0]["learned"] + 100, 30,
+                   "v2 republished as it learned")
+        assert all(m["learning"] for m in manifests(2)) and manifests(1)[-1] == final
 
 
 def test_scorers_serve_on_while_the_trainer_is_down_and_follow_its_restart(bootstrap, unique, tmp_path):

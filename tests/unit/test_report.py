@@ -190,16 +190,25 @@ def test_the_a_b_comparison_of_a_traffic_split() -> None:
         engine.process(Event(id=f"ab{i}", features={"x": i % 7 / 7, "y": i % 5 / 5}, label=i % 3 == 0,
                              key=f"user-{i}"))
     engine.apply(Command(type="status", command_id="last"))
+    engine.apply(Command(type="set_split", command_id="later", percent=25.0))  # after the last status
     log += [orjson.loads(encode_lifecycle(e)) for e in engine.take_lifecycle()]
     data = report.load_control(log)
     arms = engine.status()["arms"]
-    assert data.split == 40.0 and data.arms == arms
+    assert data.split == 25.0 and data.arms == arms
     page = report.render_html(data)
-    assert "<h2>A/B: served traffic per arm</h2>" in page and "40.0 % of entities" in page
+    assert "<h2>A/B: served traffic per arm</h2>" in page and "25.0 % of entities" in page
     for arm in ("champion", "challenger"):
         n, accuracy = arms[arm]["cumulative"]["n"], arms[arm]["cumulative"]["accuracy"]
         assert n > 0 and f'<td>{arm}</td><td>cumulative</td><td class="num">{n}</td>' \
             f'<td class="num">{accuracy:.4f}</td>' in page
+
+
+def test_an_a_b_section_with_missing_values_still_renders() -> None:
+    status = {"type": "status_report", "detail": {"champion": 2, "challenger": 3, "arms": {
+        "champion": None, "challenger": {"cumulative": {"n": 5, "accuracy": 0.8}}}}, "labelled": 9}
+    page = report.render_html(report.load_control([status]))
+    assert "<td>champion</td><td>cumulative</td><td class=\"num\">–</td>" in page
+    assert "Traffic split now: – %" in page, "a release that wrote no split"
 
 
 def test_control_log_without_status_reports_still_has_markers_and_a_note() -> None:

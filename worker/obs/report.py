@@ -141,11 +141,13 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
     def count(kind: str) -> int:
         return sum(1 for e in lifecycle if e.get("type") == kind)
 
-    champion = last_status["champion"] if last_status else _last(lifecycle, "champion")
+    champion = last_status["champion"] if last_status else _last(lifecycle, "champion", 1)
     challenger = last_status["challenger"] if last_status else _last(lifecycle, "challenger")
     _absorb_lifecycle(data, lifecycle, lineage, champion, challenger)
     served = (last_status or {}).get("served", {}).get("cumulative", {})
-    data.arms, data.split = (last_status or {}).get("arms"), (last_status or {}).get("split_percent")
+    data.arms = (last_status or {}).get("arms")
+    # every lifecycle event says the split after it (releases before 0.2: only status reports)
+    data.split = _last(lifecycle, "split", (last_status or {}).get("split_percent"))
     data.summary = {
         "events": counts.get("events"), "labelled": counts.get("labelled"), "bad": counts.get("bad"),
         "promotions": counts.get("promotions", count("promoted")),
@@ -276,11 +278,11 @@ def _title(kind: str | None, detail: dict[str, Any], event: dict[str, Any]) -> s
     return ": ".join(parts)
 
 
-def _last(lifecycle: list[dict[str, Any]], key: str) -> Any:
+def _last(lifecycle: list[dict[str, Any]], key: str, default: Any = None) -> Any:
     for event in reversed(lifecycle):
         if key in event:
             return event[key]
-    return 1 if key == "champion" else None
+    return default
 
 
 def _values(view: dict[str, Any]) -> dict[str, Any]:
@@ -592,14 +594,16 @@ def _arms_section(data: ReportData) -> list[str]:
             + "</tr></thead><tbody>"]
     for arm, views in data.arms.items():
         for view in ("cumulative", "window"):
-            m = views.get(view, {})
+            m = (views or {}).get(view) or {}
             values = "".join(f'<td class="num">{_num(m.get(k))}</td>' for k in ("accuracy", "f1", "log_loss"))
             rows.append(f'<tr class="role-{e(arm)}"><td>{e(arm)}</td><td>{view}</td>'
                         f'<td class="num">{_fmt(m.get("n"))}</td>{values}</tr>')
     rows.append("</tbody></table>")
-    note = (f"Traffic split now: {_fmt(data.split)} % of entities to the challenger. Each arm counts the "
-            "labelled events whose prediction it served, since a split was first set; the shadow comparison "
-            "of both models on every event is in the charts above.")
+    note = (f"Traffic split now: {_fmt(data.split)} % of entities to the challenger. Since a split was "
+            "first set, each arm counts the labelled events whose entity it serves, scored by the model that "
+            "held its role then (the challenger arm spans every challenger since); in scale-out these are "
+            "the trainer's scores, while scorers serve copies at most a snapshot interval older. The shadow "
+            "comparison of both models on every event is in the charts above.")
     return ["<h2>A/B: served traffic per arm</h2>", f'<div class="sub">{e(note)}</div>', "\n".join(rows)]
 
 

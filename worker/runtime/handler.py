@@ -220,23 +220,31 @@ class Handler:
 
     def publish_champion(self) -> None:
         """Write the champion to `models` (:mod:`worker.io.models`) unless it is there;
-        not during the warm-up (version 1 still learns: see `publish_learners`), and once
-        more when a version published as learning stops learning as the champion.
+        not during the warm-up (version 1 still learns: see `publish_learners`). A former
+        or current champion published while it learned is published once more, for good,
+        when it stops learning; a replaced challenger leaves the topic.
         Called whenever lifecycle events are written, so no champion is missed: a message
-        changes the champion at most once. Each publication prunes the versions beyond
-        ``models_retain``, in the same transaction; replaced challengers go at once."""
+        changes the champion at most once. Prunes the versions beyond ``models_retain``,
+        in the same transaction."""
         engine = self.engine
-        version = engine.champion
-        self.prune_models(self._discarded())
         if not engine.warmed_up:
             return
         # only a trainer publishes models that learn again (for its scorers): a single
         # worker's publication of a champion that learns is as it was when promoted
-        learning = not self.serve and version in engine.serving_learners()
-        if version in self.models_on_topic and (learning or version not in self.learning_on_topic):
-            return
-        self._publish(version, learning)
-        self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, version))
+        learners = [] if self.serve else engine.serving_learners()
+        if engine.champion not in self.models_on_topic:
+            self._publish(engine.champion, engine.champion in learners)
+        for version in self._settled(learners):
+            self._publish(version, learning=False)
+        self.prune_models(self._discarded())
+        self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, engine.champion))
+
+    def _settled(self, learners: list[int]) -> list[int]:
+        """Champions, current or former, published while they learned, that no longer learn
+        (the end of the warm-up, a promotion, a demotion) and whose model is still here."""
+        registry = self.engine.registry
+        return [v for v in sorted(self.learning_on_topic) if v not in learners and v in registry
+                and registry[v].model is not None and "champion" in registry[v].roles]
 
     def _discarded(self) -> list[int]:
         """Challengers published while a split served them, then replaced (a reset): never
@@ -244,7 +252,7 @@ class Handler:
         stays, to roll back to)."""
         registry, engine = self.engine.registry, self.engine
         return [v for v in sorted(self.learning_on_topic) if v in registry and v != engine.challenger
-                and v != engine.champion and "champion" not in registry[v].roles]
+                and "champion" not in registry[v].roles]
 
     def learners_due(self, interval_passed: bool) -> list[int]:
         """The versions that serve while they learn (:meth:`Engine.serving_learners`) and are
