@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -110,11 +111,28 @@ def json_values(messages: list) -> list[dict]:
     return [orjson.loads(m.value()) for m in messages]
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port that is free on 127.0.0.1 right now, for a process to listen on soon.
+
+    Taken from 20000-28999, below the ephemeral range (32768+ on Linux) and the outage
+    tests' brokers (29092+): a port the kernel hands out (``bind(0)``) may be given to
+    an outgoing connection — a Kafka client of a parallel test — before the process
+    binds it. Never the same port twice in one test process."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 29_000)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def predicted_ids(bootstrap: str, prefix: str) -> list[str]:

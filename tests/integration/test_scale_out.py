@@ -60,9 +60,7 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
     create_all_topics(bootstrap, prefix, 4)
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
                             "--policy", "manual", "--warmup-labels", "200")
-    ports = [free_port()]
-    while len(ports) < 2:  # free_port() may hand out the same free port twice
-        ports += [port for port in [free_port()] if port not in ports]
+    ports = [free_port(), free_port()]
     scorers = [scorer(bootstrap, prefix, tmp_path / f"s{i}.log", f"s{i}", "--metrics-port", str(port))
                for i, port in enumerate(ports, start=1)]
     processes = [trainer, *scorers]
