@@ -165,8 +165,8 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
 @click.option("--scorer-id", envvar="WORKER_SCORER_ID",
               help="--role scorer: a stable name per scorer (its transactional.id) [the host name].")
 @click.option("--models-retain", envvar="WORKER_MODELS_RETAIN", type=click.IntRange(min=0),
-              help="Champions kept on the models topic (older ones are pruned; never the serving "
-                   "one); 0: all [100].")
+              help="Versions kept on the models topic: the latest champions (and a trainer's "
+                   "challenger under a split); older ones are pruned, never the serving one; 0: all [100].")
 @click.option("--log-level", envvar="WORKER_LOG_LEVEL", default="info", show_default=True)
 def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_interval_ms,
                 commit_interval_events, snapshot_interval_s, snapshot_interval_events, status_interval_s,

@@ -1,4 +1,4 @@
-"""`worker run --role scorer`: serve the champion on a share of the events (ARCHITECTURE.md §5).
+"""`worker run --role scorer`: serve a share of the events (ARCHITECTURE.md §5).
 
 Scorers are a consumer group (``<group>.scorers``) over ``events``: Kafka spreads the
 partitions over however many are running and moves them when one comes or goes. Each
@@ -219,7 +219,7 @@ class ModelFeed:
 
 
 class Scorer:
-    """One member of the scorer group: consume events, serve the champion, commit."""
+    """One member of the scorer group: consume events, serve champion (and challenger), commit."""
 
     def __init__(self, settings: RunSettings) -> None:
         self.settings = settings
