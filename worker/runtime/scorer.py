@@ -129,7 +129,8 @@ class ModelFeed:
         try:
             self._wanted, control_end = latest_lifecycle(reader, topics.control)
             models_end = _end(reader, topics.models)  # what comes after it is read twice: harmless
-            self._catalog = read_catalog(reader, topics.models, chunks_of=self._versions_wanted())
+            champion, challenger, _ = self._what_to_serve()
+            self._catalog = read_catalog(reader, topics.models, chunks_of={champion, challenger} - {None})
         finally:
             reader.close()
         self._control.assign([TopicPartition(topics.control, 0, control_end)])
@@ -156,27 +157,26 @@ class ModelFeed:
             return "challenger", challenger
         return "champion", self.champion
 
-    def _versions_wanted(self) -> tuple[int, ...]:
-        """(champion, challenger under a split): the champion the control log names last,
-        before any, version 1 (the trainer publishes it during its warm-up too)."""
+    def _what_to_serve(self) -> tuple[int, int | None, float]:
+        """(champion, challenger or None, split) as the control log says last; before any
+        lifecycle event, version 1 alone (the trainer publishes it during its warm-up too)."""
         wanted = self._wanted
         if wanted is None:
-            return (1,)
-        challenger = wanted.challenger if wanted.split else None
-        return (wanted.champion,) if challenger is None else (wanted.champion, challenger)
+            return 1, None, 0.0
+        split = wanted.split or 0.0  # None: a trainer of a release that did not say
+        return wanted.champion, wanted.challenger if split else None, split
 
     def _load_when_due(self) -> None:
         if time.monotonic() < self._next_try:
             return
-        champion, *challenger = self._versions_wanted()
         if self._wanted is None and not self._catalog.published(1):
             return  # no trainer has published version 1 yet
+        champion, challenger, split = self._what_to_serve()
         self.champion = self._load(champion, self.champion, "champion")
-        split = self._wanted.split if self._wanted is not None and self._wanted.split else 0.0
         if split != self.split:
             log.info("traffic split: %g %% of entities for the challenger", split)
             self.split = split
-        self.challenger = self._load(challenger[0], self.challenger, "challenger") if challenger else None
+        self.challenger = self._load(challenger, self.challenger, "challenger") if challenger else None
         versions = {served.version for served in (self.champion, self.challenger) if served is not None}
         if versions:
             self._catalog.keep_chunks_of(versions)
@@ -206,7 +206,7 @@ class ModelFeed:
             return served if keep else None  # never a challenger that was replaced
         self._missing.discard(version)
         learned = orjson.loads(manifest).get("learned")
-        share = f" to {self._wanted.split:g} % of entities" if role == "challenger" else ""
+        share = f" to {self.split:g} % of entities" if role == "challenger" else ""
         was = served.version if served else None
         # a new publication of the model served (it learns): every snapshot interval, so quieter
         log.log(logging.DEBUG if was == version else logging.INFO, "serving %s v%d%s (was v%s), learned from "
