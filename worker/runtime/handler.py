@@ -237,7 +237,7 @@ class Handler:
         for version in self._settled(learners):
             self._publish(version, learning=False)
         self.prune_models(self._discarded())
-        self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, engine.champion))
+        self._prune_beyond_retain()
 
     def _settled(self, learners: list[int]) -> list[int]:
         """Champions, current or former, published while they learned, that no longer learn
@@ -272,7 +272,7 @@ class Handler:
         `publish_champion` (the challenger is the newest version: it is kept)."""
         for version in versions:
             self._publish(version, learning=True)
-        self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, self.engine.champion))
+        self._prune_beyond_retain()
 
     def _publish(self, version: int, learning: bool) -> None:
         messages = model_messages(self.engine.registry[version], self.secret, chunk_bytes=self.chunk_bytes,
@@ -288,6 +288,9 @@ class Handler:
             self._learned[version] = self.engine.registry[version].learned
         else:
             self.learning_on_topic.discard(version)
+
+    def _prune_beyond_retain(self) -> None:
+        self.prune_models(versions_to_prune(self.models_on_topic, self.models_retain, self.engine.champion))
 
     def prune_models(self, versions: list[int]) -> None:
         """Write the tombstones of these versions on `models` (the worker also prunes all of
