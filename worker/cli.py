@@ -196,7 +196,7 @@ def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_i
     if settings.metrics_port is not None:
         from worker.obs.server import serve
 
-        worker.observer = serve(worker, settings.metrics_port)
+        worker.observer = serve(worker, settings.metrics_port, serves=settings.role != "trainer")
     worker.run()
 
 

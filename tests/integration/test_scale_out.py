@@ -58,8 +58,10 @@ def http(port: int, path: str) -> tuple[int, str]:
 def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(bootstrap, unique, tmp_path):
     prefix = unique("scale") + "."
     create_all_topics(bootstrap, prefix, 4)
+    trainer_port = free_port()
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
-                            "--policy", "manual", "--warmup-labels", "200")
+                            "--policy", "manual", "--warmup-labels", "200",
+                            "--metrics-port", str(trainer_port))
     ports = [free_port(), free_port()]
     scorers = [scorer(bootstrap, prefix, tmp_path / f"s{i}.log", f"s{i}", "--metrics-port", str(port))
                for i, port in enumerate(ports, start=1)]
@@ -80,6 +82,9 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
         served = [float(line.split()[-1]) for port in ports for line in http(port, "/metrics")[1].splitlines()
                   if line.startswith('worker_events_total{served_by="champion"}')]
         assert len(served) == 2 and sum(served) == 1000, served  # shared between them, each event once
+        wait_until(lambda: "worker_scored_events 1000.0" in http(trainer_port, "/metrics")[1], 30,
+                   "the trainer to score the 1000 events")  # but it served none of them
+        assert 'worker_events_total{served_by="champion"} 0.0' in http(trainer_port, "/metrics")[1]
 
         code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
         assert code == 0, (lines, stderr)

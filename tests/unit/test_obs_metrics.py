@@ -148,6 +148,18 @@ def test_no_state_gauges_until_ready(setup):
     assert value(scrape(PrometheusObserver()), "worker_bad_input_total") == 0  # no worker at all
 
 
+def test_a_trainer_counts_no_event_as_served():
+    """In scale-out the scorers serve; a trainer's engine scores the same events again."""
+    worker = Standin()
+    observer = PrometheusObserver(worker, serves=False)
+    worker.engine, worker.ready = Engine(EngineConfig(warmup_labels=50), observer), True
+    for i in range(30):
+        worker.engine.process(event(i))
+    samples = scrape(observer)
+    assert value(samples, "worker_events_total", served_by="champion") == 0
+    assert value(samples, "worker_scored_events") == 30
+
+
 def test_observers_do_not_share_a_registry():
     first, second = PrometheusObserver(), PrometheusObserver()
     first.dead_letter()

@@ -47,10 +47,14 @@ class PrometheusObserver(Observer):
 
     ``worker`` is anything with ``engine`` and ``ready`` (and, for the lag, the
     ``_consumer`` of :class:`~worker.runtime.worker.Worker`); None exports no state.
+    ``serves=False`` (a trainer, whose engine scores every event but serves none) keeps
+    ``worker_events_total`` at 0, so that summing it over a scale-out deployment counts
+    each event once: the scorers served it.
     """
 
-    def __init__(self, worker: Any = None) -> None:
+    def __init__(self, worker: Any = None, serves: bool = True) -> None:
         self.worker = worker
+        self.serves = serves
         self.port: int | None = None  # set by worker.obs.server.serve
         self.server: Any = None
         self.lag: list[tuple[str, int, int]] = []  # (topic, partition, messages), from the loop
@@ -93,7 +97,8 @@ class PrometheusObserver(Observer):
     # --- engine hooks --------------------------------------------------------------------
 
     def event_scored(self, served_by: str) -> None:
-        self._hot.served[served_by] += 1
+        if self.serves:
+            self._hot.served[served_by] += 1
 
     def bad_input(self, reason: str) -> None:
         self._bad.inc()

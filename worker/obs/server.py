@@ -23,9 +23,10 @@ log = logging.getLogger("worker.obs")
 TEXT = "text/plain; charset=utf-8"
 
 
-def serve(worker: Any, port: int) -> PrometheusObserver:
-    """Serve ``worker``'s metrics on ``port`` (0: any free port, then ``observer.port``)."""
-    observer = PrometheusObserver(worker)
+def serve(worker: Any, port: int, serves: bool = True) -> PrometheusObserver:
+    """Serve ``worker``'s metrics on ``port`` (0: any free port, then ``observer.port``);
+    ``serves``: see :class:`PrometheusObserver`."""
+    observer = PrometheusObserver(worker, serves)
     handler = type("MetricsHandler", (_Handler,), {"observer": observer})
     try:
         server = ThreadingHTTPServer(("0.0.0.0", port), handler)
