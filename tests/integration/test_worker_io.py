@@ -431,6 +431,28 @@ def test_operator_promote_then_rollback_and_command_checks(bootstrap, unique, tm
         assert read_all(bootstrap, prefix + "events.dlq") == []
 
 
+def test_a_command_sent_while_the_worker_is_down_is_applied_when_it_comes_back(bootstrap, unique, tmp_path):
+    """Even when the worker never read a control message before it stopped: it still
+    commits where on control it stands (a position the consumer only knows once it read)."""
+    prefix = unique("down") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    quiet = ("--status-interval-s", "0", "--warmup-labels", "1000")  # it writes nothing on control
+    with running(bootstrap, prefix, tmp_path / "first.log", *quiet):
+        produce(bootstrap, prefix + "events", [event(i) for i in range(20)])
+        wait_until(lambda: len(predicted_ids(bootstrap, prefix)) == 20, 60, "20 predictions")
+    assert read_all(bootstrap, prefix + "control") == []
+
+    code, lines, stderr = control(bootstrap, prefix, "pause", wait_s=0.5)
+    assert code == 1 and "no answer" in lines[-1]["error"], (lines, stderr)
+    command_id = lines[-1]["command_id"]
+    with running(bootstrap, prefix, tmp_path / "second.log", *quiet):
+        wait_until(lambda: any(m.get("command_id") == command_id and m["type"] == "command_applied"
+                               for m in json_values(read_all(bootstrap, prefix + "control"))),
+                   60, "the answer to the command sent while the worker was down")
+        after = status(bootstrap, prefix)
+        assert after["learning"] is False and after["counts"]["events"] == 20, after
+
+
 # ------------------------------------------------------------------ 6. delayed labels
 
 

@@ -21,6 +21,7 @@ from worker.io.codec import encode_command
 from worker.io.topics import require_topics
 
 FINAL = frozenset({"command_applied", "command_rejected"})
+DELIVERY_TIMEOUT_S = 30.0  # to write the command, whatever --wait says for the answer
 
 
 def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Command,
@@ -36,7 +37,7 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
         delivered: list[Any] = []
         producer.produce(control_topic, value=encode_command(command, secret),
                          on_delivery=lambda err, msg: delivered.append(err or msg))
-        producer.flush(min(wait_s, 30.0) or 30.0)
+        producer.flush(DELIVERY_TIMEOUT_S)  # not bounded by wait_s: a command is written or refused
         if not delivered or isinstance(delivered[0], KafkaError):
             reason = delivered[0].str() if delivered else "not delivered in time"
             raise WorkerError(f"cannot write the command to {control_topic}: {reason}")

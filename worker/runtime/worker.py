@@ -138,6 +138,7 @@ class Worker:
         self._unexplained_failures: list[float] = []  # when the producer failed fatally, not taken over
         self._partitions_checked = time.monotonic()
         self._leftover: list[Any] = []  # consumed, not yet handled: the next transaction's
+        self._assigned_at: dict[tuple[str, int], int] = {}  # the offsets _assign positioned at
         self._span_began: float | None = None  # first message handled in this transaction
         self._last_consume_error = 0.0
         self._consumer = None  # events and labels
@@ -324,10 +325,13 @@ class Worker:
     def _processed_offsets(self) -> list[TopicPartition]:
         """Where each input continues after what was handled: the consumer's position,
         except where messages are left for the next transaction (see _step): there, the
-        first of them."""
-        positions = {(tp.topic, tp.partition): tp.offset
-                     for consumer in (self._consumer, self._control_consumer)
-                     for tp in consumer.position(consumer.assignment()) if tp.offset >= 0}
+        first of them. A partition not read from has no position yet: it stands where it
+        was assigned (control's end, when there was no state), which must be committed too,
+        or a command sent while the worker is down would be skipped after a restart."""
+        positions = dict(self._assigned_at)  # where a partition not read from yet stands
+        positions.update({(tp.topic, tp.partition): tp.offset
+                          for consumer in (self._consumer, self._control_consumer)
+                          for tp in consumer.position(consumer.assignment()) if tp.offset >= 0})
         first_left: dict[tuple[str, int], int] = {}
         for msg in self._leftover:
             if not msg.error():
@@ -553,6 +557,8 @@ class Worker:
                                              OFFSET_BEGINNING if offset is None else offset))
         self._consumer.assign(inputs)
         self._control_consumer.assign(control)
+        self._assigned_at = {(tp.topic, tp.partition): tp.offset
+                             for tp in (*inputs, *control) if tp.offset >= 0}
 
     def _on_delivery(self, error: KafkaError | None, _msg: Any) -> None:
         if error is not None:
