@@ -276,6 +276,26 @@ def test_duplicate_pending_id_is_bad_input_and_counted():
     assert engine.status()["pending"]["labels_duplicates"] == 1
 
 
+def test_an_inline_label_learns_an_id_once_whatever_waits_for_it():
+    """A copy of a pending event that carries its label is refused like any duplicate; a
+    label that came first for an event that brings its own is dropped, so that it cannot
+    join a later copy. Either way the id is learned once."""
+    engine = Engine(EngineConfig(warmup_labels=50))
+    engine.process(Event(id="a", features={"a": 1.0, "b": 0.0}))
+    with pytest.raises(BadInputError, match="already pending"):
+        engine.process(Event(id="a", features={"a": 1.0, "b": 0.0}, label=True))
+    engine.process_label(Label(id="a", label=True))
+    assert engine.counts["labelled"] == 1 and engine.counts["bad"] == 1
+
+    engine.process_label(Label(id="b", label=False))
+    engine.process(Event(id="b", features={"a": 0.0, "b": 1.0}, label=True))
+    assert engine.counts["labelled"] == 2
+    pending = engine.status()["pending"]
+    assert pending["labels"] == 0 and pending["labels_duplicates"] == 1
+    engine.process(Event(id="b", features={"a": 0.0, "b": 2.0}))  # waits for a label of its own
+    assert engine.counts["labelled"] == 2 and engine.status()["pending"]["predictions"] == 1
+
+
 def test_eviction_by_count_is_counted_and_nothing_is_lost():
     engine = Engine(EngineConfig(warmup_labels=5, pending_max=3))
     for i in range(5):

@@ -159,6 +159,12 @@ class Engine:
                     self._evicted("predictions", pending.put(event.id, scored, now))
                 except DuplicateIdError as e:
                     raise self._bad(str(e)) from e
+        elif busy:  # labelled inline: as refused if its id is pending, and a label that came
+            try:    # first for it is a second label, dropped (else it would join a later copy)
+                pending.refuse_pending(event.id)
+            except DuplicateIdError as e:
+                raise self._bad(str(e)) from e
+            early_labels.discard(event.id)
         counts["events"] += 1
         if event.ts is not None:
             self._ts = event.ts

@@ -87,9 +87,7 @@ class PendingBuffer:
         Raises `DuplicateIdError` (and counts it) if ``id`` is already pending: a
         second event with a pending id is rejected, the first one stays.
         """
-        if id in self._entries:
-            self.duplicates += 1
-            raise DuplicateIdError(f"id {id!r} is already pending")
+        self.refuse_pending(id)
         evicted = []
         while len(self._entries) >= self.max_items:
             old_id, (_, old_item) = self._entries.popitem(last=False)
@@ -97,6 +95,18 @@ class PendingBuffer:
         self.evicted_capacity += len(evicted)
         self._entries[id] = (now, item)
         return evicted
+
+    def refuse_pending(self, id: str) -> None:
+        """Raise `DuplicateIdError` (and count it) if ``id`` is pending."""
+        if id in self._entries:
+            self.duplicates += 1
+            raise DuplicateIdError(f"id {id!r} is already pending")
+
+    def discard(self, id: str) -> None:
+        """Drop what waits under ``id``, counted as a duplicate: its match came with one of
+        its own (an event with an inline label, for a label that came first)."""
+        if self._entries.pop(id, None) is not None:
+            self.duplicates += 1
 
     def pop(self, id: str) -> Any | None:
         """Remove and return the item pending under ``id`` (its match arrived), or None."""
