@@ -21,6 +21,10 @@ class SnapshotError(WorkerError):
     """A snapshot that is unsigned, tampered with, foreign or unreadable."""
 
 
+class SignatureError(SnapshotError):
+    """A snapshot or model signed with another secret (or tampered with after signing)."""
+
+
 class BadInputError(WorkerError):
     """An input message that cannot be processed; it goes to the dead-letter topic."""
 

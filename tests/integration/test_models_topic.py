@@ -156,7 +156,8 @@ def test_old_champions_are_pruned_from_the_topic_and_stay_pruned(bootstrap, uniq
     """--models-retain 2: after three promotions only v3 and v4 stay on `models` (v1 and v2
     get tombstones); a rollback to v1, which is neither in memory nor on the topic any
     more, is rejected saying so; a restarted worker publishes no pruned version again;
-    one restarted with --fresh prunes the old lineage before it publishes its own v1."""
+    one restarted with --fresh prunes the old lineage before it publishes its own v1, and
+    says on control that v1 is the champion now."""
     prefix = unique("models-prune") + "."
     create_all_topics(bootstrap, prefix, 2)
     config = tmp_path / "worker.toml"
@@ -191,6 +192,13 @@ def test_old_champions_are_pruned_from_the_topic_and_stay_pruned(bootstrap, uniq
     with running(bootstrap, prefix, tmp_path / "worker-3.log", *args, "--fresh") as fresh:
         pruning = "pruning the 2 versions of the previous engine"
         wait_until(lambda: pruning in fresh.log(), 30, "pruning logged")
+        fresh.wait_ready()  # control names the new engine's champion at once: scorers follow its last word
+
+        def last_lifecycle() -> tuple[str, int]:
+            lifecycle = [m for m in json_values(read_all(bootstrap, prefix + "control")) if "champion" in m]
+            return lifecycle[-1]["type"], lifecycle[-1]["champion"]
+
+        assert last_lifecycle() == ("status_report", 1)
         produce(bootstrap, prefix + "events", [event(i) for i in range(400, 600)])
         wait_until(lambda: versions(bootstrap, prefix) == [1], 60, "the new v1 published")
     latest = latest_values()

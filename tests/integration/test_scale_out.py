@@ -193,6 +193,9 @@ def test_scorers_serve_version_1_during_the_trainers_warm_up(bootstrap, unique, 
     try:
         trainer.wait_ready()
         s1.wait_ready()  # version 1 is on `models` from the trainer's start
+        typo = scorer(bootstrap, prefix, tmp_path / "s2.log", "s2", "--secret", "not the trainer's")
+        assert typo.proc.wait(30) == 2, typo.log()  # it would wait for a champion it can never verify
+        assert "worker: configuration error: cannot serve: signature mismatch" in typo.log(), typo.log()
         produce(bootstrap, prefix + "events", [event(i, label=None) for i in range(300)])
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 300, 60, "300 predictions, no label yet")
         assert {p["model_version"] for p in predictions(bootstrap, prefix)} == {1}

@@ -550,6 +550,24 @@ def the_one_error_line(stderr: str) -> str:
     return errors[0]
 
 
+def test_a_worker_started_with_another_secret_leaves_the_running_one_alone(bootstrap, unique, tmp_path):
+    """A mistyped --secret must not take a deployment down: the newcomer cannot restore
+    the stored state, so it refuses before it fences the running instance (exit 2)."""
+    prefix = unique("secret") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
+        produce(bootstrap, prefix + "events", [event(i) for i in range(100)])
+        wait_predicted(bootstrap, prefix, 100)  # the state on worker-state: a snapshot from its start on
+        code, stderr, _ = run_briefly("--bootstrap", bootstrap, "--topic-prefix", prefix,
+                                      "--group", f"{prefix}group", "--secret", "a typo")
+        assert code == 2, stderr
+        line = the_one_error_line(stderr)
+        assert "cannot be restored with this --secret" in line and "nothing was taken over" in line, line
+        produce(bootstrap, prefix + "events", [event(i) for i in range(100, 200)])
+        wait_predicted(bootstrap, prefix, 200)
+        assert worker.proc.poll() is None and "fenced" not in worker.log()
+
+
 def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
     # a missing topic
     prefix = unique("miss") + "."

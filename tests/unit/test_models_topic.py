@@ -82,6 +82,24 @@ def test_a_deleted_version_is_gone_and_foreign_keys_are_ignored():
         catalog.load(3, SECRET)
 
 
+@pytest.mark.parametrize("manifest", [b"{", b"[1, 2]", b'{"version": 3}', b'{"version": 3, "chunks": "2"}',
+                                      b'{"version": "3", "chunks": 2}', b'{"version": 3, "chunks": 0}'])
+def test_a_malformed_manifest_is_skipped_and_refused_with_a_snapshot_error(manifest):
+    """Not written by a worker, it must not stop one: a scorer catches SnapshotError."""
+    messages = model_messages(trained_version(2), SECRET, chunk_bytes=500, published_labelled=0)
+    catalog = Catalog([*messages, (b"v3/0", b"chunk"), (b"v3", manifest)])
+    assert [m["version"] for m in catalog.manifests()] == [2]
+    with pytest.raises(SnapshotError, match="version 3 on the models topic"):
+        catalog.load(3, SECRET)
+
+
+
+def test_a_manifest_that_names_a_billion_chunks_is_refused_at_once():
+    catalog = Catalog([(b"v3/0", b"chunk"), (b"v3", b'{"version": 3, "chunks": 1000000000}')])
+    with pytest.raises(SnapshotError, match="missing chunks"):
+        catalog.load(3, SECRET)
+
+
 def test_the_engine_says_when_the_warm_up_is_over():
     engine = Engine(EngineConfig(warmup_labels=3))
     states = []
@@ -103,6 +121,22 @@ def test_a_follower_forgets_older_models_but_keeps_their_manifests():
     for forgotten in (1, 3):
         with pytest.raises(SnapshotError, match="missing chunks"):
             catalog.load(forgotten, SECRET)
+
+
+def test_a_follower_forgets_pruned_versions_older_than_what_it_serves():
+    """Memory bounded by the retained versions, not by every version ever published."""
+    catalog = Catalog()
+    for version in range(1, 201):
+        messages = model_messages(trained_version(version), SECRET, chunk_bytes=500, published_labelled=0)
+        for key, value in messages:
+            catalog.add(key, value)
+        if version > 3:  # models_retain = 3
+            for key, value in tombstones(version - 3, len(messages) - 1):
+                catalog.add(key, value)
+        catalog.keep_chunks_of({version})
+    assert [m["version"] for m in catalog.manifests()] == [198, 199, 200]
+    assert {key.split(b"/")[0] for key in catalog._latest} == {b"v198", b"v199", b"v200"}
+    assert {key for key in catalog._latest if b"/" in key} == {key for key, _ in messages[:-1]}
 
 
 def test_a_pruned_version_is_gone_and_says_so():

@@ -29,7 +29,7 @@ b'WKSNAP1\\n'
 >>> state.load(blob, b"another secret")
 Traceback (most recent call last):
 ...
-worker.errors.SnapshotError: signature mismatch: tampered, or signed with another secret
+worker.errors.SignatureError: signature mismatch: tampered, or signed with another secret
 
 When the secret is rotated, :func:`load` takes the new one and the previous ones: a
 snapshot signed with any of them is accepted (:func:`dump` signs with one only).
@@ -51,7 +51,7 @@ from typing import Any
 import river
 
 import worker
-from worker.errors import ConfigError, SnapshotError
+from worker.errors import ConfigError, SignatureError, SnapshotError
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "dump", "load", "read_meta"]
 
@@ -160,6 +160,25 @@ def load(data: bytes, secret: bytes | str | Sequence[bytes | str]) -> Any:
     ``secret`` (or with one of several: the current secret and the previous ones) —
     checked in full before unpickling.
     """
+    header, payload = _verified(data, secret)
+    try:
+        return pickle.loads(payload)
+    except Exception as exc:
+        raise SnapshotError(
+            f"snapshot verified but cannot be unpickled ({type(exc).__name__}: {exc}); "
+            f"written by worker {header.get('worker')} / river {header.get('river')}, "
+            f"running worker {worker.__version__} / river {river.__version__}"
+        ) from exc
+
+
+def verify(data: bytes, secret: bytes | str | Sequence[bytes | str]) -> None:
+    """Check a snapshot as :func:`load` does, without unpickling it: whether this worker
+    could restore it, asked before anything depends on the answer."""
+    _verified(data, secret)
+
+
+def _verified(data: bytes, secret: bytes | str | Sequence[bytes | str]) -> tuple[dict, bytes]:
+    """The header and payload of an intact snapshot signed with ``secret`` (or one of them)."""
     keys = [_key(s) for s in (secret if isinstance(secret, list | tuple) else [secret])]
     if not keys:
         raise ConfigError("no snapshot secret to verify with")
@@ -181,15 +200,8 @@ def load(data: bytes, secret: bytes | str | Sequence[bytes | str]) -> Any:
             f"corrupt snapshot: {len(payload) - expected_len} bytes after the payload"
         )
     if not any(hmac.compare_digest(signature, _sign(key, header_line, payload)) for key in keys):
-        raise SnapshotError("signature mismatch: tampered, or signed with another secret")
+        raise SignatureError("signature mismatch: tampered, or signed with another secret")
     # Signed by us: from here on the bytes are trusted.
     if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
         raise SnapshotError("corrupt snapshot: payload sha256 does not match its header")
-    try:
-        return pickle.loads(payload)
-    except Exception as exc:
-        raise SnapshotError(
-            f"snapshot verified but cannot be unpickled ({type(exc).__name__}: {exc}); "
-            f"written by worker {header.get('worker')} / river {header.get('river')}, "
-            f"running worker {worker.__version__} / river {river.__version__}"
-        ) from exc
+    return header, payload

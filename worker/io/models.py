@@ -81,15 +81,11 @@ class Catalog:
             self._latest[key] = value
 
     def manifests(self) -> list[dict[str, Any]]:
-        """Every published version's manifest, by version."""
-        found = []
-        for key, value in self._latest.items():
-            if value is not None and b"/" not in key and key.startswith(b"v"):
-                try:
-                    found.append(orjson.loads(value))
-                except orjson.JSONDecodeError:
-                    continue  # not ours: the topic is shared with nobody, but be safe
-        return sorted(found, key=lambda m: m["version"])
+        """Every published version's manifest, by version (a malformed one is skipped: not
+        written by a worker, it must not stop one)."""
+        found = [_parse_manifest(value) for key, value in self._latest.items()
+                 if value is not None and b"/" not in key and key.startswith(b"v")]
+        return sorted((m for m in found if m is not None), key=lambda m: m["version"])
 
     def published(self, version: int) -> bool:
         return self._latest.get(f"v{version}".encode()) is not None
@@ -111,10 +107,11 @@ class Catalog:
 
     def keep_chunks_of(self, served: Collection[int]) -> None:
         """Forget the models of versions older than the newest of ``served`` but those in
-        ``served`` (their manifests stay): a reader that follows the topic keeps its memory
-        to the versions it serves and those that may come next."""
+        ``served`` (their manifests stay, but for the tombstones of pruned ones): a reader
+        that follows the topic keeps its memory to the versions it serves and those that
+        may come next."""
         newest = max(served)
-        for key in [k for k in self._latest if b"/" in k]:
+        for key in [k for k, v in self._latest.items() if b"/" in k or v is None]:
             if (version := _version_of(key)) < newest and version not in served:
                 del self._latest[key]
 
@@ -128,10 +125,14 @@ class Catalog:
         if manifest is None:
             known = ", ".join(str(m["version"]) for m in self.manifests()) or "none"
             raise SnapshotError(f"version {version} is not on the models topic (published: {known})")
-        count = orjson.loads(manifest)["chunks"]
-        parts = [self._latest.get(f"v{version}/{i}".encode()) for i in range(count)]
-        if any(part is None for part in parts):
-            raise SnapshotError(f"version {version} on the models topic is missing chunks")
+        parsed = _parse_manifest(manifest)
+        if parsed is None:
+            raise SnapshotError(f"version {version} on the models topic has a malformed manifest")
+        parts = []
+        for i in range(parsed["chunks"]):  # stops at the first missing one, however many it says
+            if (part := self._latest.get(f"v{version}/{i}".encode())) is None:
+                raise SnapshotError(f"version {version} on the models topic is missing chunks")
+            parts.append(part)
         return state.load(join_chunks(parts), secret)
 
 
@@ -155,6 +156,19 @@ def tombstones(version: int, chunks: int) -> list[tuple[bytes, None]]:
     """The messages that prune ``version``: its manifest first, so that no reader ever
     sees a manifest whose chunks are gone, then its ``chunks`` chunks."""
     return [(f"v{version}".encode(), None), *((f"v{version}/{i}".encode(), None) for i in range(chunks))]
+
+
+def _parse_manifest(value: bytes) -> dict[str, Any] | None:
+    """The manifest as a dict, or None when it is not one a worker writes."""
+    try:
+        manifest = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    version, chunks = manifest.get("version"), manifest.get("chunks")
+    ints = all(isinstance(n, int) and not isinstance(n, bool) for n in (version, chunks))
+    return manifest if ints and chunks >= 1 else None
 
 
 def _version_of(key: bytes) -> int:

@@ -45,6 +45,8 @@ def not_ready_reason(worker: Any) -> str | None:
         return "broker unreachable: waiting for it" if getattr(worker, "broker_unreachable", False) else None
     if getattr(worker, "stopping", False):
         return "stopping"
+    if waiting := getattr(worker, "waiting_for", None):  # a scorer whose champion cannot be loaded
+        return waiting
     if getattr(worker, "engine", None) is None:
         return "starting: checking topics and loading the state"
     return "recovering: replaying from the last commit or waiting for the broker"

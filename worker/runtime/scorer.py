@@ -36,7 +36,7 @@ from worker.core.metrics import predict_from_proba
 from worker.core.observer import Observer
 from worker.core.split import serves_challenger
 from worker.core.types import Event, LifecycleEvent, Prediction
-from worker.errors import BadInputError, ConfigError, SnapshotError, WorkerError
+from worker.errors import BadInputError, ConfigError, SignatureError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import decode_command, decode_event
 from worker.io.models import Catalog, read_catalog, read_models
@@ -54,7 +54,7 @@ from worker.runtime.worker import (
 log = logging.getLogger("worker.scorer")
 
 CONTROL_SCAN = 1000  # control messages read per step back from its end, looking for a lifecycle event
-RETRY_S = 1.0  # between attempts to load a model that is not on `models` yet
+RETRY_S = 1.0  # between attempts to load a model while the broker does not answer
 
 
 def latest_lifecycle(reader: Any, topic: str) -> tuple[LifecycleEvent | None, int]:
@@ -114,8 +114,9 @@ class ModelFeed:
         self.challenger: Served | None = None  # only under a split
         self.split = 0.0
         self._wanted: LifecycleEvent | None = None  # the latest lifecycle event read
-        self._next_try = 0.0
-        self._missing: set[int] = set()  # versions said to be unavailable (said once each)
+        self._next_try = 0.0  # after a broker error: when to try loading again
+        self._failed: dict[int, bytes | None] = {}  # version → the manifest it could not be loaded with
+        self.champion_error: SnapshotError | None = None  # why the wanted champion is not served
         self._catalog = Catalog()
         config = settings.kafka.consumer_config()
         group = settings.kafka.group
@@ -180,6 +181,7 @@ class ModelFeed:
         versions = {served.version for served in (self.champion, self.challenger) if served is not None}
         if versions:
             self._catalog.keep_chunks_of(versions)
+        self._failed = {v: m for v, m in self._failed.items() if v in (champion, challenger)}
 
     def _load(self, version: int, served: Served | None, role: str) -> Served | None:
         """``served`` when it is ``version``'s latest publication, else that one loaded.
@@ -188,6 +190,10 @@ class ModelFeed:
         manifest = self._catalog.manifest(version)
         if served is not None and served.version == version and served.manifest == manifest:
             return served  # serving that very publication
+        keep = served is not None and (role == "champion" or served.version == version)
+        fallback = served if keep else None  # never a challenger that was replaced
+        if version in self._failed and self._failed[version] == manifest:
+            return fallback  # that publication could not be loaded: wait for a new one
         try:
             if manifest is None:
                 raise SnapshotError(f"version {version} is not on the models topic yet")
@@ -197,14 +203,20 @@ class ModelFeed:
                 catalog = read_models(self._reader_config, self.settings.kafka.topics.models,
                                       chunks_of=(version,))
                 model = catalog.load(version, self.settings.secrets)
-        except (SnapshotError, KafkaException) as e:  # not published yet, not ours, no broker
+        except KafkaException as e:  # no broker: try again in a while
             self._next_try = time.monotonic() + RETRY_S
-            if version not in self._missing:
-                self._missing.add(version)
-                log.info("%s v%d cannot be served yet: %s", role, version, e)
-            keep = served is not None and (role == "champion" or served.version == version)
-            return served if keep else None  # never a challenger that was replaced
-        self._missing.discard(version)
+            log.warning("%s v%d cannot be loaded: %s; retrying", role, version, e.args[0].str())
+            return fallback
+        except SnapshotError as e:  # not published yet, not ours: until it is published anew
+            self._failed[version] = manifest
+            if role == "champion":
+                self.champion_error = e
+            log.log(logging.ERROR if isinstance(e, SignatureError) else logging.INFO,
+                    "%s v%d cannot be served yet: %s", role, version, e)
+            return fallback
+        self._failed.pop(version, None)
+        if role == "champion":
+            self.champion_error = None
         learned = orjson.loads(manifest).get("learned")
         share = f" to {self.split:g} % of entities" if role == "challenger" else ""
         was = served.version if served else None
@@ -251,6 +263,10 @@ class Scorer:
         try:
             self.feed.start()
             while self.feed.champion is None and not self.stopping:
+                if isinstance(self.feed.champion_error, SignatureError):
+                    raise ConfigError(f"cannot serve: {self.feed.champion_error} (the champion on "
+                                      f"{self.topics.models}); a scorer needs the trainer's --secret, "
+                                      "and after a rotation the old one as --previous-secret")
                 time.sleep(0.2)  # no trainer has published version 1 yet (polling, not sync)
                 self.feed.poll()
             if self.stopping:
@@ -271,6 +287,12 @@ class Scorer:
         finally:
             self._close()
         log.info("stopped cleanly")
+
+    @property
+    def waiting_for(self) -> str | None:
+        """Why it serves nothing yet (for ``/readyz``), once it looked for its champion."""
+        error = self.feed.champion_error
+        return None if self.ready or error is None else f"waiting for the champion: {error}"
 
     def serving(self) -> dict[str, Any]:
         """The versions it serves and the split, for the metrics (read from their thread)."""

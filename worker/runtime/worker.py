@@ -25,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from worker.core import state
 from worker.core.config import EngineConfig
 from worker.core.engine import Engine
 from worker.core.observer import Observer
@@ -159,6 +160,7 @@ class Worker:
         self._consumer = kafka.consumer(config)
         self._control_consumer = kafka.consumer(config)  # the same group: one set of offsets
         try:
+            self._check_stored_state()
             self._start()
         except KafkaException as e:  # e.g. a transaction timeout the broker does not allow
             self._close()
@@ -414,10 +416,34 @@ class Worker:
 
     # --- recovery ------------------------------------------------------------------------
 
+    def _check_stored_state(self) -> None:
+        """Refuse to start, before ``init_transactions`` fences the running instance, when
+        the stored snapshot is signed with another secret: a mistyped ``--secret`` would
+        otherwise stop a healthy worker and then itself. (The snapshot is read again by
+        the recovery: the running instance may write a newer one meanwhile.)"""
+        if self._fresh or not self.exactly_once:
+            return
+        reader = self._state_reader()
+        try:
+            snapshot = KafkaCheckpoints(self.topics.worker_state).load(reader).snapshot
+        finally:
+            reader.close()
+        if snapshot is None:
+            return
+        try:
+            state.verify(snapshot, self.settings.secrets)
+        except SnapshotError as e:
+            raise ConfigError(f"the stored state of group {self.settings.kafka.group!r} cannot be restored "
+                              f"with this --secret ({e}); nothing was taken over. After a secret rotation "
+                              "pass the old secret as --previous-secret; --fresh starts over") from None
+
+    def _state_reader(self) -> Any:
+        return kafka.reader({**self.settings.kafka.consumer_config(),
+                             "group.id": f"{self.settings.kafka.group}.recovery"})
+
     def _recover(self) -> dict[tuple[str, int], int]:
         """Rebuild the engine; return the input offsets to continue from."""
-        reader = kafka.reader({**self.settings.kafka.consumer_config(),
-                               "group.id": f"{self.settings.kafka.group}.recovery"})
+        reader = self._state_reader()
         try:
             offsets = self._recover_from_kafka(reader) if self.exactly_once else self._recover_from_file()
         finally:
@@ -484,14 +510,18 @@ class Worker:
 
     def _publish_models(self) -> None:
         """At start, on `models`: a new engine first prunes the previous engine's versions
-        (its own v1 must not be taken for theirs); then the current champion, unless the
-        topic has it (its first publication may predate models on the topic, an older
-        release, or have been aborted)."""
+        (its own v1 must not be taken for theirs) and says on control that v1 is champion
+        now (scorers follow the last lifecycle event there, which named the previous
+        engine's); then the current champion, unless the topic has it (its first
+        publication may predate models on the topic, an older release, or have been
+        aborted)."""
         stale = sorted(self._handler.models_on_topic) if self._new_lineage else []
         if stale:
             log.warning("new engine: pruning the %d versions of the previous engine from %s (v%d-v%d)",
                         len(stale), self.topics.models, stale[0], stale[-1])
             self._handler.prune_models(stale)
+            self.engine.report_status()
+            self._handler.flush(emit=True)
         self._handler.publish_champion()
 
     def _warn_unstable_outputs(self) -> None:
