@@ -43,8 +43,7 @@ def predictions(bootstrap: str, prefix: str) -> list[dict]:
 
 
 def scorer(bootstrap: str, prefix: str, log, scorer_id: str, *args: str) -> WorkerProcess:
-    return WorkerProcess(bootstrap, prefix, log, "--role", "scorer", "--scorer-id", scorer_id,
-                         "--kafka-config", "session.timeout.ms=6000", *args)
+    return WorkerProcess(bootstrap, prefix, log, "--role", "scorer", "--scorer-id", scorer_id, *args)
 
 
 def http(port: int, path: str) -> tuple[int, str]:

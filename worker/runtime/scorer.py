@@ -54,6 +54,7 @@ from worker.runtime.worker import (
 log = logging.getLogger("worker.scorer")
 
 CONTROL_SCAN = 1000  # control messages read per step back from its end, looking for a lifecycle event
+SESSION_TIMEOUT_MS = 10_000  # the group's session timeout for scorers (see Scorer.run)
 RETRY_S = 1.0  # between attempts to load a model while the broker does not answer
 
 
@@ -273,10 +274,14 @@ class Scorer:
                 return
             # Partitions added to `events` reach the group at a metadata refresh: every 5 s
             # rather than librdkafka's 5 minutes (a --kafka-config setting wins).
+            # A scorer that died (kill -9, a crash) holds its partitions until its session
+            # times out, even when it comes back at once: 10 s rather than librdkafka's 45.
             config = {"topic.metadata.refresh.interval.ms": int(PARTITIONS_CHECK_S * 1000),
+                      "session.timeout.ms": SESSION_TIMEOUT_MS,
                       **kafka_settings.consumer_config(), "group.id": f"{group}.scorers"}
             self._consumer = kafka.consumer(config)
-            self._consumer.subscribe([self.topics.events], on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self._consumer.subscribe([self.topics.events], on_assign=self._on_assign,
+                                     on_revoke=self._on_revoke, on_lost=self._on_lost)
             self._producer.begin_transaction()
             self.ready = True
             log.info("ready: scorer %s serving champion v%d", self.settings.scorer_id,
@@ -417,6 +422,10 @@ class Scorer:
             for tp in self._consumer.committed(assigned, timeout=TXN_CALL_TIMEOUT_S):
                 self._consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition,
                                                                              OFFSET_BEGINNING))
+
+    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        log.info("serving partitions %s", ", ".join(str(tp.partition) for tp in partitions) or "none",
+                 extra={"context": {"topic": self.topics.events}})
 
     def _on_revoke(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
         """Partitions move to another scorer: commit what was served from them first."""
