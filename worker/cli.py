@@ -116,6 +116,10 @@ def replay_command(file: Path, target, positive, id_column, drop, out_dir: Path,
     brief = {k: v for k, v in summary.items() if k not in ("models", "bad_examples", "pending")}
     click.echo(json.dumps(brief, indent=2))
     click.echo(f"outputs: {out_dir}/summary.json, lifecycle.jsonl, timeline.jsonl")
+    if summary["learn_errors"]:
+        click.echo(f"warning: {summary['learn_errors']} times a model could not learn a labelled event "
+                   f"(last: {summary['learn_error']}); labels must be what the model learns: true / false "
+                   "for a binary classifier (a CSV's --positive VALUE maps that value to true)", err=True)
 
 
 def _count_lines(path: Path) -> int:

@@ -568,6 +568,20 @@ def test_a_worker_started_with_another_secret_leaves_the_running_one_alone(boots
         assert worker.proc.poll() is None and "fenced" not in worker.log()
 
 
+def test_labels_the_model_cannot_learn_are_served_and_warned_about(bootstrap, unique, tmp_path):
+    """String labels for a binary classifier: every event is still served, and the log
+    says why the model does not learn (else only a metric would show it)."""
+    prefix = unique("strlabel") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
+        produce(bootstrap, prefix + "events", [event(i, label="UP" if i % 2 else "DOWN") for i in range(30)])
+        wait_predicted(bootstrap, prefix, 30)
+        wait_until(lambda: "models could not learn a labelled event" in worker.log(), 30, "the warning")
+        line = next(line for line in worker.log().splitlines() if "could not learn" in line)
+        assert '"level": "warning"' in line and "v1 could not learn: ValueError" in line, line
+        assert status(bootstrap, prefix)["counts"]["learn_errors"] == 30
+
+
 def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
     # a missing topic
     prefix = unique("miss") + "."

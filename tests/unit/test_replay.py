@@ -225,6 +225,27 @@ def test_bad_champion_spec_is_one_clear_line_and_exit_2(jsonl_file: Path, tmp_pa
     assert "Traceback" not in done.stderr
 
 
+def test_labels_the_model_cannot_learn_are_counted_and_warned_about(tmp_path: Path) -> None:
+    """A CSV replayed without --positive: string labels, which a binary classifier cannot
+    learn. Not fatal, but never silent (it would read as a model that never learns)."""
+    rows = [f"{i % 5},{'UP' if i % 5 > 2 else 'DOWN'}" for i in range(60)]
+    data = tmp_path / "updown.csv"
+    data.write_text("x,class\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    no_env = {k: None for k in os.environ if k.startswith("WORKER_")}
+    done = CliRunner().invoke(cli, ["replay", str(data), "--target", "class", "--out", str(out)], env=no_env)
+    assert done.exit_code == 0, done.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labelled"] == 60 and summary["learn_errors"] == 60  # v1 learns alone: warm-up
+    assert summary["learn_error"].startswith("v1 could not learn: ValueError")
+    assert "warning: 60 times a model could not learn" in done.stderr and "--positive" in done.stderr
+
+    done = CliRunner().invoke(cli, ["replay", str(data), "--target", "class", "--positive", "UP",
+                                    "--out", str(out)], env=no_env)
+    assert done.exit_code == 0 and "warning" not in done.stderr
+    assert json.loads((out / "summary.json").read_text())["learn_errors"] == 0
+
+
 # ----------------------------------------------------------------------------- the Python API
 
 

@@ -81,6 +81,9 @@ class Engine:
     counted in them (the served metrics and the counts still see it).
     """
 
+    learn_error: str | None = None  # the last time a model could not learn (a class default:
+    # snapshots of earlier releases do not have it)
+
     def __init__(self, config: EngineConfig, observer: Observer | None = None) -> None:
         self.config = config
         self.observer = observer or Observer()
@@ -273,7 +276,8 @@ class Engine:
             mv.model.learn_one(x, y)
         except Exception as e:  # noqa: BLE001 - a model that cannot learn one event is reported, not fatal
             self.counts["learn_errors"] += 1
-            self.observer.bad_input(f"v{mv.version} could not learn: {type(e).__name__}: {e}")
+            self.learn_error = f"v{mv.version} could not learn: {type(e).__name__}: {e}"
+            self.observer.bad_input(self.learn_error)
             return
         mv.learned += 1
 

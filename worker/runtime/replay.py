@@ -70,6 +70,8 @@ def summary(engine: Engine, bad: int, bad_examples: list[dict[str, Any]]) -> dic
         "labelled": counts["labelled"],
         "bad": bad,
         "bad_examples": bad_examples,
+        "learn_errors": counts["learn_errors"],
+        "learn_error": engine.learn_error,
         "promotions": counts["promotions"],
         "rollbacks": counts["rollbacks"],
         "challenger_resets": counts["resets"],

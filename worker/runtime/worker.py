@@ -45,6 +45,7 @@ OFFSETS_TIMEOUT_S = 10.0  # send_offsets_to_transaction; it may ignore it (see k
 ROLES = ("all", "trainer", "scorer")
 HEARTBEAT_S = 2.0  # an idle exactly-once worker commits this often, to notice a takeover
 PARTITIONS_CHECK_S = 5.0  # how often the inputs are checked for added partitions
+LEARN_ERRORS_EVERY_S = 60.0  # at most one warning per minute about models that could not learn
 
 
 class Fenced(WorkerError):
@@ -133,6 +134,8 @@ class Worker:
         self._learners_published = 0.0  # --role trainer: when models that learn were last published
         self._last_commit = 0.0
         self._last_status = time.monotonic()
+        self._learn_errors_said = 0  # engine.counts["learn_errors"] when last logged
+        self._learn_errors_at = -LEARN_ERRORS_EVERY_S
         self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check_topics)
         self._chunk_bytes: dict[str, int] = {}  # chunk size on models and worker-state (_check_topics)
         self._unsaved = False  # at_least_once: the last local snapshot failed (retried when idle too)
@@ -197,6 +200,7 @@ class Worker:
         offsets = self._recover()
         self._leftover, self._span_began = [], None
         self._snapshot_events = self.engine.counts["events"]
+        self._learn_errors_said = self.engine.counts["learn_errors"]  # the restored ones were said
         self._assign(offsets)
         if self.exactly_once:
             self._warn_unstable_outputs()
@@ -270,6 +274,7 @@ class Worker:
                 budget -= handled
             self.observer.observe_batch(time.monotonic() - began, handled)  # also when idle
         self._report_status_when_due()
+        self._warn_learn_errors()
         self._follow_new_partitions()
         self._commit()
 
@@ -323,6 +328,17 @@ class Worker:
             self._last_status = time.monotonic()
             self.engine.report_status()
             self._handler.flush(emit=True)
+
+    def _warn_learn_errors(self) -> None:
+        """Say so, at most once per :data:`LEARN_ERRORS_EVERY_S`, when models could not
+        learn: labels of the wrong type (strings for a binary classifier) would otherwise
+        show only in the metrics, as a model that never learns."""
+        errors = self.engine.counts["learn_errors"]
+        now = time.monotonic()
+        if errors > self._learn_errors_said and now - self._learn_errors_at >= LEARN_ERRORS_EVERY_S:
+            log.warning("models could not learn a labelled event %d times (%d since the state began); "
+                        "last: %s", errors - self._learn_errors_said, errors, self.engine.learn_error)
+            self._learn_errors_said, self._learn_errors_at = errors, now
 
     def _processed_offsets(self) -> list[TopicPartition]:
         """Where each input continues after what was handled: the consumer's position,
