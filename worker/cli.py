@@ -171,7 +171,8 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
 @click.option("--models-retain", envvar="WORKER_MODELS_RETAIN", type=click.IntRange(min=0),
               help="Versions kept on the models topic: the latest champions (and a trainer's "
                    "challenger under a split); older ones are pruned, never the serving one; 0: all [100].")
-@click.option("--log-level", envvar="WORKER_LOG_LEVEL", default="info", show_default=True)
+@click.option("--log-level", envvar="WORKER_LOG_LEVEL", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_interval_ms,
                 commit_interval_events, snapshot_interval_s, snapshot_interval_events, status_interval_s,
                 metrics_port, secret, previous_secrets, require_signed_commands, fresh, state_dir,
@@ -248,7 +249,7 @@ def control_options(command):
         click.option("--expected-champion", type=int, help="Reject unless this version is the champion."),
         click.option("--reason", default="", help="Why (kept in the control log)."),
         click.option("--issued-by", envvar="USER", default="operator", show_default=True),
-        click.option("--wait", "wait_s", type=float, default=30.0, show_default=True,
+        click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
                      help="Seconds to wait for the worker's answer."),
     ], command)
 
@@ -536,8 +537,9 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
         what = f"{generator} {concepts}"
     stream = sim.messages(source, events=events, entities=entities, labels=labels_mode,
                           label_delay=label_delay, id_prefix=prefix, seed=seed)
-    require_topics(settings.admin_config(), [topics.events, topics.labels])
-    to = topics.events + (f" + {topics.labels}" if labels_mode == "topic" else "")
+    outputs = [topics.events, *([topics.labels] if labels_mode == "topic" else [])]  # labels is optional
+    require_topics(settings.admin_config(), outputs)
+    to = " + ".join(outputs)
     pace = f"at {rate:g} events/s" if rate else "as fast as possible"
     click.echo(f"simulate: {what} → {to}, {pace}", err=True)
     with sim.Stop() as stop:
@@ -580,7 +582,7 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
 @click.option("--ask-status/--no-ask-status", default=True, show_default=True,
               help="Kafka: send a `status` command first, so the report ends with the current state.")
 @click.option("--secret", envvar="WORKER_SECRET", help="Kafka: sign that status command with this secret.")
-@click.option("--wait", "wait_s", type=float, default=15.0, show_default=True,
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=15.0, show_default=True,
               help="Kafka: seconds to wait for the worker's status answer.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("out/report.html"), show_default=True, help="The HTML page to write.")
@@ -647,4 +649,11 @@ def main() -> None:
         sys.exit(2)
     except WorkerError as e:
         click.echo(f"worker: {e}", err=True)
+        sys.exit(1)
+    except OSError as e:  # a path that cannot be read or written (a file where a folder should be …)
+        if e.filename is None:
+            raise
+        why = ("a part of that path is a file, not a folder"
+               if isinstance(e, NotADirectoryError | FileExistsError) else e.strerror)
+        click.echo(f"worker: {e.filename}: {why}", err=True)
         sys.exit(1)

@@ -102,7 +102,7 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
         scorers[0] = scorer(bootstrap, prefix, tmp_path / "s1-again.log", "s1")
         processes.append(scorers[0])
         scorers[0].wait_ready()
-        assert "serving champion v2 (was vNone)" in scorers[0].log(), "found on control at start"
+        assert "serving champion v2 (was none)" in scorers[0].log(), "found on control at start"
         sender.join(60)
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 6500, 120, "6500 predictions")
         ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
@@ -258,7 +258,7 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
         s2 = scorer(bootstrap, prefix, tmp_path / "s2.log", "s2")  # finds the split on control at start
         processes.append(s2)
         s2.wait_ready()
-        assert "serving challenger v2 to 30 % of entities (was vNone)" in s2.log()
+        assert "serving challenger v2 to 30 % of entities (was none)" in s2.log()
 
         code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
         assert code == 0, (lines, stderr)

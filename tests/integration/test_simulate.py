@@ -96,3 +96,20 @@ def test_ctrl_c_stops_cleanly_and_counts_what_was_sent(bootstrap: str, unique) -
     assert said["events"] == len(events) >= 200
     # the labels of the last 10 events were still waiting (11: Ctrl-C came before the next label)
     assert said["labels"] == len(labels) and said["events"] - 11 <= said["labels"] <= said["events"] - 10
+
+
+def test_inline_labels_need_no_labels_topic(bootstrap: str, unique) -> None:
+    """`labels` is the one optional topic: only --labels topic writes there."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    prefix = unique("sim-nolabels") + "."
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(prefix + "events", 1, 1)]).values():
+        future.result(timeout=30)
+    proc = simulate(bootstrap, prefix, "--events", "50", "--labels", "inline")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert len(read_all(bootstrap, prefix + "events")) == 50
+    proc = simulate(bootstrap, prefix, "--events", "50", "--labels", "topic")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and f"missing topic: {prefix}labels" in err, err

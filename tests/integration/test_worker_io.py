@@ -598,6 +598,7 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
     assert code == 2, stderr
     assert elapsed < 15
     assert "missing topic" in line and names.predictions in line, line
+    assert f"(create it with `worker topics create --topic-prefix {prefix}`)" in line, line
     assert names.events + "," not in line and names.control not in line, line  # only the missing one
 
     # a bad model spec: the line says which spec and what is wrong with it

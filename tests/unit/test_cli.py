@@ -8,3 +8,25 @@ def test_python_m_worker_prints_the_version():
     out = subprocess.run([sys.executable, "-m", "worker", "--version"], capture_output=True, text=True)
     assert out.returncode == 0
     assert __version__ in out.stdout
+
+
+def worker_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_mistakes_in_options_are_one_usage_line_and_exit_2():
+    for args in (("run", "--log-level", "verbose"), ("control", "pause", "--wait", "-1")):
+        out = worker_cli(*args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "Invalid value for '--" in out.stderr, out.stderr
+
+
+def test_an_output_path_under_a_file_is_one_clear_line(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"id": "e1", "features": {"x": 1.0}, "label": true}\n')
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    out = worker_cli("replay", str(events), "--out", str(afile / "sub"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"worker: {afile / 'sub'}: a part of that path is a file, not a folder"

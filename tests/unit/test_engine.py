@@ -477,6 +477,7 @@ def test_a_dropped_former_champion_comes_back_from_the_model_source_for_a_rollba
     [
         (cmd("promote", "x", expected_champion=7), "stale"),
         (cmd("rollback", "x", to_version=99), "v99 does not exist"),
+        (cmd("rollback", "x"), "no former champion to roll back to"),
         (cmd("rollback", "x", to_version=1), "already the champion"),
         (cmd("set_split", "x", percent=150.0), "between 0 and 100"),
         (cmd("set_split", "x"), "between 0 and 100"),

@@ -402,6 +402,8 @@ class Engine:
         target = command.to_version
         if target is None:
             target = self._prev.version if self._prev else self._former_champion()
+            if target is None:
+                raise CommandRejected("no former champion to roll back to")
         if target not in self.registry:
             raise CommandRejected(f"v{target} does not exist")
         if self.registry[target].model is None:

@@ -135,12 +135,26 @@ def check_not_deleted(admin_config: dict[str, Any], topics: list[str]) -> None:
 
 
 def require_topics(admin_config: dict[str, Any], required: list[str]) -> None:
-    """Raise :class:`ConfigError` naming the topics of ``required`` that do not exist."""
+    """Raise :class:`ConfigError` naming the topics of ``required`` that do not exist, and
+    the command that creates them (with the prefix they were looked for under)."""
     missing = missing_topics(admin_config, required)
-    if len(missing) == 1:
-        raise ConfigError(f"missing topic: {missing[0]} (create it with `worker topics create`)")
     if missing:
-        raise ConfigError(f"missing topics: {', '.join(missing)} (create them with `worker topics create`)")
+        names = f"topic: {missing[0]}" if len(missing) == 1 else f"topics: {', '.join(missing)}"
+        raise ConfigError(f"missing {names} (create {'it' if len(missing) == 1 else 'them'} with "
+                          f"`{create_command(missing[0])}`)")
+
+
+def create_command(topic: str) -> str:
+    """The ``worker topics create`` that makes ``topic``, one of the topics of a prefix.
+
+    >>> create_command("fraud.events.dlq"), create_command("control")
+    ('worker topics create --topic-prefix fraud.', 'worker topics create')
+    """
+    for default in sorted(TopicNames.from_prefix("").all(), key=len, reverse=True):
+        if topic.endswith(default):
+            prefix = topic[: -len(default)]
+            return "worker topics create" + (f" --topic-prefix {prefix}" if prefix else "")
+    return "worker topics create"
 
 
 def check_shapes(admin_config: dict[str, Any], names: TopicNames, timeout_s: float = 10) -> None:

@@ -49,6 +49,7 @@ from worker.runtime.worker import (
     Fenced,
     RunSettings,
     install_stop_signals,
+    version_label,
 )
 
 log = logging.getLogger("worker.scorer")
@@ -222,8 +223,8 @@ class ModelFeed:
         share = f" to {self.split:g} % of entities" if role == "challenger" else ""
         was = served.version if served else None
         # a new publication of the model served (it learns): every snapshot interval, so quieter
-        log.log(logging.DEBUG if was == version else logging.INFO, "serving %s v%d%s (was v%s), learned from "
-                "%s labelled events", role, version, share, was, learned)
+        log.log(logging.DEBUG if was == version else logging.INFO, "serving %s v%d%s (was %s), learned from "
+                "%s labelled events", role, version, share, version_label(was), learned)
         return Served(version, model, manifest)
 
     def close(self) -> None:

@@ -48,6 +48,11 @@ PARTITIONS_CHECK_S = 5.0  # how often the inputs are checked for added partition
 LEARN_ERRORS_EVERY_S = 60.0  # at most one warning per minute about models that could not learn
 
 
+def version_label(version: int | None) -> str:
+    """For log lines: ``v3``, or ``none`` (no challenger yet, nothing served yet)."""
+    return "none" if version is None else f"v{version}"
+
+
 class Fenced(WorkerError):
     """A newer instance with the same transactional.id took over."""
 
@@ -210,8 +215,8 @@ class Worker:
             self._commit(force_snapshot=True)  # a fresh baseline: recovery never replays twice
         self.ready = True
         self._fresh = False
-        log.info("ready: champion v%d, challenger v%s, reading %d partitions", self.engine.champion,
-                 self.engine.challenger,
+        log.info("ready: champion v%d, challenger %s, reading %d partitions", self.engine.champion,
+                 version_label(self.engine.challenger),
                  len(self._consumer.assignment()) + len(self._control_consumer.assignment()))
 
     def _close(self) -> None:
@@ -506,8 +511,8 @@ class Worker:
             except SnapshotError as e:
                 raise SnapshotError(f"the stored state cannot be restored: {e} (after a secret rotation, "
                                     "pass the old secret as --previous-secret; --fresh starts over)") from e
-            log.info("restored engine: champion v%d, challenger v%s, %d events seen",
-                     self.engine.champion, self.engine.challenger, self.engine.counts["events"])
+            log.info("restored engine: champion v%d, challenger %s, %d events seen", self.engine.champion,
+                     version_label(self.engine.challenger), self.engine.counts["events"])
         else:
             self.engine = Engine(self.engine_config)
             log.info("new engine%s", " (--fresh: stored state ignored)" if self._fresh else "")
