@@ -622,6 +622,9 @@ def report_command(run_dir, bootstrap, topic_prefix, kafka_config, ask_status, s
             if answer is None:
                 click.echo(f"report: no status answer within {wait_s:g}s (is a worker running?); "
                            "using what is on the control topic", err=True)
+            elif answer[-1]["type"] == "command_rejected":
+                click.echo(f"report: the status command was rejected ({answer[-1]['detail'].get('reason')}); "
+                           "using what is on the control topic", err=True)
         data = report.load_control(report.read_control(settings.admin_config(), control),
                                    source=f"control topic {control} at {bootstrap}")
     else:

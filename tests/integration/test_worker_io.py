@@ -427,6 +427,12 @@ def test_operator_promote_then_rollback_and_command_checks(bootstrap, unique, tm
             )
         assert status(bootstrap, prefix)["champion"] == 1
         assert worker.proc.poll() is None
+        # a report that asks for a fresh status without the secret says it was refused
+        out = subprocess.run([sys.executable, "-m", "worker", "report", "--bootstrap", bootstrap,
+                              "--topic-prefix", prefix, "--out", str(tmp_path / "report.html")],
+                             capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stderr
+        assert "report: the status command was rejected (missing signature" in out.stderr, out.stderr
         # commands, answers and the worker's own lifecycle events are all valid control messages
         assert read_all(bootstrap, prefix + "events.dlq") == []
 
