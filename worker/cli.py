@@ -32,7 +32,7 @@ def cli() -> None:
 
 ENGINE_OPTIONS = [
     click.option("--config", "config_path", envvar="WORKER_CONFIG", type=click.Path(dir_okay=False),
-                 help="TOML file with an [engine] table (and [engine.promotion])."),
+                 help="TOML file: an [engine] table (and [engine.promotion]); `worker run` reads [run] too."),
     click.option("--champion", envvar="WORKER_CHAMPION", help="Model spec of version 1."),
     click.option("--challenger", envvar="WORKER_CHALLENGER",
                  help="Model spec of fresh challengers (default: the champion's)."),
@@ -145,6 +145,11 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
               help="One transaction per interval [100].")
 @click.option("--commit-interval-events", envvar="WORKER_COMMIT_INTERVAL_EVENTS", type=click.IntRange(min=0),
               help="Also commit after this many input messages; 0: by time only [0].")
+@click.option("--transaction-timeout-ms", envvar="WORKER_TRANSACTION_TIMEOUT_MS",
+              type=click.IntRange(min=1000),
+              help="Kafka's transaction.timeout.ms; at most the broker's transaction.max.timeout.ms [60000].")
+@click.option("--max-batch", envvar="WORKER_MAX_BATCH", type=click.IntRange(min=1),
+              help="Input messages consumed at most per poll [500].")
 @click.option("--snapshot-interval-s", envvar="WORKER_SNAPSHOT_INTERVAL_S", type=click.FloatRange(min=0.01),
               help="A signed engine snapshot per interval [10].")
 @click.option("--snapshot-interval-events", envvar="WORKER_SNAPSHOT_INTERVAL_EVENTS",
@@ -173,24 +178,16 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
                    "challenger under a split); older ones are pruned, never the serving one; 0: all [100].")
 @click.option("--log-level", envvar="WORKER_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def run_command(config_path, bootstrap, group, topic_prefix, guarantee, commit_interval_ms,
-                commit_interval_events, snapshot_interval_s, snapshot_interval_events, status_interval_s,
-                metrics_port, secret, previous_secrets, require_signed_commands, fresh, state_dir,
-                kafka_config, role, scorer_id, models_retain, log_level, **engine_flags) -> None:
+def run_command(config_path, kafka_config, log_level, previous_secrets, **options) -> None:
     """Serve, evaluate, train and decide on Kafka: the main job."""
     from worker.obs import logs
     from worker.runtime.worker import Worker
 
     logs.setup(log_level)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
-    flags = {"bootstrap": bootstrap, "group": group, "topic_prefix": topic_prefix, "guarantee": guarantee,
-             "commit_interval_ms": commit_interval_ms, "snapshot_interval_s": snapshot_interval_s,
-             "commit_interval_events": commit_interval_events,
-             "snapshot_interval_events": snapshot_interval_events,
-             "status_interval_s": status_interval_s, "metrics_port": metrics_port, "secret": secret,
-             "state_dir": state_dir, "fresh": fresh,
-             "require_signed_commands": require_signed_commands, "role": role, "scorer_id": scorer_id,
-             "models_retain": models_retain, "previous_secrets": list(previous_secrets) or None}
+    flags = {key: options.pop(key) for key in RUN_KEYS if key in options}  # the rest: the engine's
+    flags["previous_secrets"] = list(previous_secrets) or None
+    engine_flags = options
     settings = run_settings(config_path, flags, kafka_config)
     if settings.role == "scorer":
         from worker.runtime.scorer import Scorer

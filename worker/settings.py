@@ -51,7 +51,7 @@ _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
 _OWNED_KEYS: dict[str, str] = {
     "bootstrap.servers": "set 'bootstrap' (--bootstrap) instead",
     "group.id": "set 'group' (--group) instead",
-    "transaction.timeout.ms": "set 'transaction_timeout_ms' instead",
+    "transaction.timeout.ms": "set 'transaction_timeout_ms' (--transaction-timeout-ms) instead",
     "enable.auto.commit": "the worker commits offsets itself, after the output they cover",
     "transactional.id": "it is derived from the group (one active instance per group)",
 }

@@ -641,9 +641,10 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
     config.write_text("[run]\ntransaction_timeout_ms = 3600000\n")
     complete = unique("timeout") + "."
     create_all_topics(bootstrap, complete, 1)
-    for role in ("all", "scorer"):
-        code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", complete,
-                                            "--config", str(config), "--role", role)
+    for role, setting in (("all", ("--config", str(config))),
+                          ("scorer", ("--transaction-timeout-ms", "3600000"))):  # in TOML or as a flag
+        code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", complete, *setting,
+                                            "--role", role)
         line = the_one_error_line(stderr)
         assert code == 2 and elapsed < 15, stderr
         assert "the broker refused the worker's set-up" in line and "transaction" in line, line
