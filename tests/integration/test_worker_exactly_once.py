@@ -11,7 +11,7 @@ from collections import Counter
 
 import orjson
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from tests.integration.harness import (
@@ -134,6 +134,29 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(bootstrap, unique, tmp_
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
     assert log.read_text().count('"message": "restored engine') == 3
+
+
+def test_input_deleted_by_retention_before_its_replay_is_reported(bootstrap, unique, tmp_path):
+    """Down longer than `events` keeps its messages: what a recovery should replay is gone.
+    Nothing can bring it back, but the worker must say so rather than go on silently."""
+    prefix = unique("retention") + "."
+    create_all_topics(bootstrap, prefix, partitions=1)
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(bootstrap, prefix, log, "--snapshot-interval-s", "600")  # replay all after a crash
+    worker.wait_ready()
+    produce(bootstrap, prefix + "events", [event(i) for i in range(100)])
+    wait_until(lambda: len(predicted_ids(bootstrap, prefix)) == 100, 60, "100 predictions")
+    worker.kill()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_records([TopicPartition(prefix + "events", 0, 40)]).values():
+        future.result(timeout=30)
+    worker = WorkerProcess(bootstrap, prefix, log, "--snapshot-interval-s", "600")
+    try:
+        worker.wait_ready()
+        assert f"{prefix}events[0] offsets 0-39 are gone (deleted by retention)" in worker.log()
+        assert len(predicted_ids(bootstrap, prefix)) == 100, "nothing predicted twice"
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
 
 
 def test_one_partition_crashes_end_where_an_uninterrupted_run_ends(bootstrap, unique, tmp_path):

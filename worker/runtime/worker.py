@@ -482,6 +482,7 @@ class Worker:
         for topic, partition, first, last in runs:
             low, high = spans.get((topic, partition), (first, last))
             spans[topic, partition] = (min(low, first), max(high, last))
+        self._warn_deleted_spans(reader, spans)
         messages = kafka.read_spans(reader, spans) if spans else {}
         for topic, partition, first, last in runs:
             stored = messages[topic, partition]
@@ -492,6 +493,17 @@ class Worker:
         if runs:
             log.info("recovered: replayed %d input ranges in %.1fs", len(runs), time.monotonic() - began)
         return kafka.committed(self._consumer, self._all_partitions())
+
+    def _warn_deleted_spans(self, reader: Any, spans: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Input to replay that retention deleted first (the worker was down longer than the
+        topic keeps its messages) cannot be replayed: say so, the state lacks it."""
+        for (topic, partition), (first, last) in spans.items():
+            tp = TopicPartition(topic, partition)
+            low, _ = reader.get_watermark_offsets(tp, timeout=TXN_CALL_TIMEOUT_S, cached=False)
+            if first < low:
+                log.warning("%s[%d] offsets %d-%d are gone (deleted by retention) and cannot be replayed: "
+                            "the recovered state lacks what they held", topic, partition, first,
+                            min(last, low - 1))
 
     def _recover_from_file(self) -> dict[tuple[str, int], int]:
         settings = self.settings
