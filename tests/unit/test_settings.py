@@ -311,6 +311,13 @@ def test_roles_and_scorer_ids():
         with pytest.raises(ConfigError, match="scorer_id"):
             RunSettings(kafka=kafka, secret=b"s", role="scorer", scorer_id=bad)
         assert RunSettings(kafka=kafka, secret=b"s", scorer_id=bad).role == "all"  # not used: not checked
+    # scale-out relies on transactions: a trainer restored from an older local snapshot
+    # would publish new models under version numbers that scorers already serve
+    at_least_once = KafkaSettings(bootstrap="127.0.0.1:9092", group="g", guarantee="at_least_once")
+    assert RunSettings(kafka=at_least_once, secret=b"s").role == "all"
+    for role in ("trainer", "scorer"):
+        with pytest.raises(ConfigError, match=f"--role {role} needs --guarantee exactly_once"):
+            RunSettings(kafka=at_least_once, secret=b"s", role=role)
 
 
 def test_the_scorer_id_comes_from_the_flag_the_run_table_or_the_host_name(tmp_path):

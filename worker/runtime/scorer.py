@@ -318,8 +318,6 @@ class Scorer:
         return producer
 
     def _check(self) -> None:
-        if self.settings.kafka.guarantee != "exactly_once":
-            raise ConfigError("--role scorer needs --guarantee exactly_once")
         names = self.topics
         needed = [names.events, names.predictions, names.control, names.models, names.dlq]
         admin = self.settings.kafka.admin_config()

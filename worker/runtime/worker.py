@@ -102,6 +102,8 @@ class RunSettings:
             raise ConfigError("previous_secrets must be non-empty strings")
         if self.role not in ROLES:
             raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.role != "all" and self.kafka.guarantee != "exactly_once":  # a trainer's versions must
+            raise ConfigError(f"--role {self.role} needs --guarantee exactly_once")  # never be reused
         valid_id = isinstance(self.scorer_id, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,100}", self.scorer_id)
         if self.role == "scorer" and not valid_id:  # only scorers use it (a host name may not fit)
             raise ConfigError(f"scorer_id must be 1-100 of A-Z a-z 0-9 . _ -; got {self.scorer_id!r}")
