@@ -235,7 +235,7 @@ def test_a_secret_rotation_keeps_the_state_the_models_and_the_operators_commands
     code, stderr, _ = run_briefly("--bootstrap", bootstrap, "--topic-prefix", prefix,
                                   "--group", prefix + "group", "--secret", "a-third-secret")
     line = the_one_error_line(stderr)
-    assert code == 1 and "signed with another secret" in line and "--previous-secret" in line, line
+    assert code == 2 and "signed with another secret" in line and "--previous-secret" in line, line
 
     out = tmp_path / "v2.pkl"
     code, _, stderr = models_cli(bootstrap, prefix, "export", "2", "--secret", "new-secret",
