@@ -117,6 +117,7 @@ class ModelFeed:
         self.split = 0.0
         self._wanted: LifecycleEvent | None = None  # the latest lifecycle event read
         self._next_try = 0.0  # after a broker error: when to try loading again
+        self._unreachable = False  # the last attempt to load failed for want of a broker
         self._failed: dict[int, bytes | None] = {}  # version → the manifest it could not be loaded with
         self.champion_error: SnapshotError | None = None  # why the wanted champion is not served
         self._catalog = Catalog()
@@ -205,9 +206,11 @@ class ModelFeed:
                 catalog = read_models(self._reader_config, self.settings.kafka.topics.models,
                                       chunks_of=(version,))
                 model = catalog.load(version, self.settings.secrets)
-        except KafkaException as e:  # no broker: try again in a while
+        except KafkaException as e:  # no broker: try again in a while (said once per outage)
             self._next_try = time.monotonic() + RETRY_S
-            log.warning("%s v%d cannot be loaded: %s; retrying", role, version, e.args[0].str())
+            log.log(logging.DEBUG if self._unreachable else logging.WARNING, "%s v%d cannot be loaded: %s; "
+                    "retrying every %g s", role, version, e.args[0].str(), RETRY_S)
+            self._unreachable = True
             return fallback
         except SnapshotError as e:  # not published yet, not ours: until it is published anew
             self._failed[version] = manifest
@@ -216,6 +219,7 @@ class ModelFeed:
             log.log(logging.ERROR if isinstance(e, SignatureError) else logging.INFO,
                     "%s v%d cannot be served yet: %s", role, version, e)
             return fallback
+        self._unreachable = False
         self._failed.pop(version, None)
         if role == "champion":
             self.champion_error = None
