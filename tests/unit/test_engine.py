@@ -276,6 +276,32 @@ def test_duplicate_pending_id_is_bad_input_and_counted():
     assert engine.status()["pending"]["labels_duplicates"] == 1
 
 
+def test_a_drift_alarm_holds_back_its_own_challenger_only():
+    """A rising-error alarm within the grace period blocks that challenger's promotion;
+    once it is replaced (a reset, an inconclusive test), the next one starts clean."""
+    engine = Engine(EngineConfig(warmup_labels=40))  # policy "auto"
+    drive(engine, inline(two_concepts(60, seed=0)))
+    engine._on_drift(engine.registry[engine.challenger], (0.1, 0.4))  # as ADWIN reports a rise
+    assert engine.counts["labelled"] - engine._alarm_at < engine.config.promotion.grace
+    engine.apply(cmd("reset_challenger", "r1"))
+    assert engine.counts["labelled"] - engine._alarm_at >= engine.config.promotion.grace
+
+
+def test_a_rollback_goes_to_a_former_champion_only():
+    """A challenger reset away is never champion; even if its model can still be read (it
+    was published while a split served it), a rollback to it is refused."""
+    engine = warm_engine()
+    discarded = engine.challenger
+    model = engine.registry[discarded].model
+    engine.apply(cmd("reset_challenger", "r1"))
+    engine.model_source = lambda version: model if version == discarded else None
+    engine.take_lifecycle()
+    engine.apply(cmd("rollback", "rb", to_version=discarded))
+    answer = engine.take_lifecycle()[-1]
+    assert answer.type == "command_rejected" and "was never champion" in answer.detail["reason"]
+    assert engine.champion == 1
+
+
 def test_an_inline_label_learns_an_id_once_whatever_waits_for_it():
     """A copy of a pending event that carries its label is refused like any duplicate; a
     label that came first for an event that brings its own is dropped, so that it cannot
@@ -452,9 +478,9 @@ def test_a_dropped_former_champion_comes_back_from_the_model_source_for_a_rollba
     discarded = engine.challenger
     engine.apply(cmd("reset_challenger", "r1"))
     engine.take_lifecycle()
-    engine.apply(cmd("rollback", "b2", to_version=discarded))  # a discarded challenger is never published
+    engine.apply(cmd("rollback", "b2", to_version=discarded))  # a discarded challenger: never champion
     reason = engine.take_lifecycle()[0].detail["reason"]
-    assert "not a retained version, nor on the models topic (pruned there by models_retain, or" in reason
+    assert f"v{discarded} was never champion" in reason
 
     engine.apply(cmd("rollback", "b3", to_version=1))
     assert types(engine.take_lifecycle()) == ["rolled_back", "command_applied"]

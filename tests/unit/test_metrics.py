@@ -300,6 +300,19 @@ def test_binary_until_a_non_bool_label_appears():
     assert m.cumulative()["f1"] == macro.get()
 
 
+def test_labels_1_and_true_give_the_same_metrics_whenever_they_are_read():
+    """A Counter merges (1, True) into (True, True): the type check must not see the
+    merged keys only, or the views would depend on when a read folded the events."""
+    events = [(True, True)] * 3 + [(1, True)] + [(False, True)] * 3
+    unread, read = Prequential(), Prequential()
+    for i, (y, p) in enumerate(events):
+        for m in (unread, read):
+            m.update(y, p, {True: 0.7, False: 0.3})
+        if i == 2:
+            read.cumulative()  # a status report between two events folds what came so far
+    assert unread.cumulative() == read.cumulative() and unread.binary == read.binary is False
+
+
 def test_missing_prediction_or_proba():
     m = Prequential()
     m.update(True, None, {})  # no prediction: only counted in n

@@ -230,6 +230,7 @@ def test_import_os_system_is_rejected_and_not_run(tmp_path) -> None:
         ("river.linear_model.LogisticRegression", 'drop the "river." prefix'),
         ("linear_model.LogisticRegression(l3=1)", "LogisticRegression"),
         ("linear_model.LogisticRegression + linear_model.LogisticRegression", "cannot combine"),
+        ("linear_model.LogisticRegression(l2=0.1, l2=0.2)", '"l2=0.2" — l2 is given twice'),
     ],
 )
 def test_rejected_with_offending_fragment(spec: str, fragment: str) -> None:
@@ -265,3 +266,13 @@ def test_malformed(spec: str, fragment: str) -> None:
 def test_non_string_spec() -> None:
     with pytest.raises(SpecError, match="expected a string"):
         parse_model(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spec", ["drift.ADWIN(clock=0)", "drift.ADWIN(max_buckets=0)"])
+def test_a_detector_that_fails_on_its_first_updates_is_refused_at_start(spec: str) -> None:
+    """River takes these arguments, then panics in Rust on the first update, with an
+    exception that is not an Exception: it would stop the worker on its first label."""
+    from worker.core.config import EngineConfig
+
+    with pytest.raises(SpecError, match="fails on its first updates"):
+        EngineConfig(detector=spec)

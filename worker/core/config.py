@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from worker.core.modelspec import parse_detector, validate_model
+from worker.core.modelspec import validate_detector, validate_model
 from worker.core.policy import PolicyConfig
 from worker.errors import ConfigError
 
@@ -64,7 +64,7 @@ class EngineConfig:
         validate_model(self.champion)
         if self.challenger is not None:
             validate_model(self.challenger)
-        parse_detector(self.detector)
+        validate_detector(self.detector)
         if self.challenger_init is None:
             object.__setattr__(self, "challenger_init", "copy" if self.challenger is None else "fresh")
         _one_of("challenger_init", self.challenger_init, ("fresh", "copy"))

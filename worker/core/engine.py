@@ -406,6 +406,8 @@ class Engine:
                 raise CommandRejected("no former champion to roll back to")
         if target not in self.registry:
             raise CommandRejected(f"v{target} does not exist")
+        if "champion" not in self.registry[target].roles:
+            raise CommandRejected(f"v{target} was never champion: a rollback goes back to a former champion")
         if self.registry[target].model is None:
             self._bring_back(self.registry[target])
         if target == self._champ.version:
@@ -507,6 +509,7 @@ class Engine:
         self._take_role(mv, "challenger")
         self._chal, self.test = mv, self.config.promotion.new_test()
         self._challenger_born = self.counts["labelled"]
+        self._alarm_at = -(10**12)  # the former challenger's alarm must not hold this one back
         self._emit("challenger_created", command_id, version=mv.version, init=self.config.challenger_init,
                    spec=mv.spec, reason=reason)
 

@@ -343,7 +343,9 @@ class Prequential:
         self._todo = []
         pairs = [(t, p) for t, p, _ in todo]
         counts = Counter(pairs)  # C-level; first-appearance order, as river inserts
-        if self._binary and not all(type(t) is bool and type(p) is bool for t, p in counts):
+        # types read from every pair, not from the counted keys: a Counter merges (1, True)
+        # into (True, True), and whether it did would depend on when the fold happened
+        if self._binary and not all(type(t) is bool and type(p) is bool for t, p in pairs):
             losses = self._losses_until_multiclass(todo)
         else:
             losses = _losses(todo, self._binary)

@@ -74,7 +74,7 @@ from river import base
 
 from worker.errors import SpecError
 
-__all__ = ["MAX_SPEC_LENGTH", "parse_detector", "parse_model", "validate_model"]
+__all__ = ["MAX_SPEC_LENGTH", "parse_detector", "parse_model", "validate_detector", "validate_model"]
 
 MAX_SPEC_LENGTH = 2000
 
@@ -127,6 +127,24 @@ def parse_detector(spec: str) -> base.DriftDetector | base.BinaryDriftDetector:
     The ``drift.`` prefix may be left out: ``ADWIN(delta=0.01)``, ``binary.DDM``.
     """
     return _Builder(spec, "detector").build(_DETECTOR)
+
+
+def validate_detector(spec: str) -> None:
+    """Raise `SpecError` unless ``spec`` builds a drift detector that takes 0/1 losses.
+
+    Arguments river accepts can still fail on the first update (``ADWIN(clock=0)``
+    panics in river's Rust code, an exception that is not an ``Exception``): a detector
+    is tried on a short stream here, at start, rather than on the first labelled event.
+    """
+    detector = parse_detector(spec)
+    try:
+        for loss in (0, 1) * 64:
+            detector.update(loss)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pyo3's PanicException derives from BaseException
+        raise SpecError(f"invalid detector spec: {spec!r} fails on its first updates "
+                        f"({type(exc).__name__}: {exc})") from None
 
 
 def validate_model(spec: str) -> None:
@@ -206,7 +224,11 @@ class _Builder:
         if isinstance(node, ast.Call):
             cls = self._class(node.func, allowed)
             args = [self._value(arg) for arg in node.args]
-            kwargs = {kw.arg: self._value(kw.value) for kw in node.keywords}
+            kwargs = {}
+            for kw in node.keywords:
+                if kw.arg in kwargs:
+                    raise self.fail(kw, f"{kw.arg} is given twice")
+                kwargs[kw.arg] = self._value(kw.value)
             return self._instantiate(node, cls, args, kwargs)
         if isinstance(node, ast.Attribute | ast.Name):
             return self._instantiate(node, self._class(node, allowed), [], {})
