@@ -29,6 +29,17 @@ class BadInputError(WorkerError):
     """An input message that cannot be processed; it goes to the dead-letter topic."""
 
 
+class InvalidCommandError(BadInputError):
+    """A control command with a usable ``command_id`` but an invalid field or type: it is
+    dead-lettered like any bad input, and answered with ``command_rejected`` too, so that
+    whoever sent it does not wait for an answer that never comes."""
+
+    def __init__(self, reason: str, command_id: str, command_type: str) -> None:
+        super().__init__(reason)
+        self.command_id = command_id
+        self.command_type = command_type
+
+
 class RefusedInputError(BadInputError):
     """An input the engine itself refused (a model raised on it, its id is pending); the
     engine has counted it. Any other `BadInputError` is input the edge could not decode."""

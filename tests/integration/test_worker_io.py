@@ -437,6 +437,29 @@ def test_operator_promote_then_rollback_and_command_checks(bootstrap, unique, tm
         assert read_all(bootstrap, prefix + "events.dlq") == []
 
 
+def test_an_invalid_raw_command_is_answered_rejected_and_dead_lettered(bootstrap, unique, tmp_path):
+    """Any Kafka client may write commands: one that `worker control` would have refused
+    (a split of 150 %, an unknown type) still gets its answer, so its sender never waits
+    in vain, and goes to the dead-letter topic like any bad input."""
+    prefix = unique("rawcmd") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    with running(bootstrap, prefix, tmp_path / "worker.log"):
+        produce(bootstrap, prefix + "control", [
+            (None, b'{"type": "set_split", "command_id": "raw-1", "percent": 150}'),
+            (None, b'{"type": "frobnicate", "command_id": "raw-2"}'),
+        ])
+
+        def answers() -> dict[str, dict]:
+            return {m["command_id"]: m for m in json_values(read_all(bootstrap, prefix + "control"))
+                    if m.get("type") == "command_rejected"}
+
+        wait_until(lambda: {"raw-1", "raw-2"} <= set(answers()), 30, "both answers")
+        assert "percent must be a number between 0 and 100" in answers()["raw-1"]["detail"]["reason"]
+        assert "unknown control message type 'frobnicate'" in answers()["raw-2"]["detail"]["reason"]
+        wait_until(lambda: len(read_all(bootstrap, prefix + "events.dlq")) == 2, 30, "two dead letters")
+        assert status(bootstrap, prefix)["split_percent"] == 0.0
+
+
 def test_a_command_sent_while_the_worker_is_down_is_applied_when_it_comes_back(bootstrap, unique, tmp_path):
     """Even when the worker never read a control message before it stopped: it still
     commits where on control it stands (a position the consumer only knows once it read)."""

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from worker.core.types import Command, LifecycleEvent, Prediction
-from worker.errors import BadInputError, ConfigError
+from worker.errors import BadInputError, ConfigError, InvalidCommandError
 from worker.io.codec import (
     DEFAULT_LIMITS,
     Limits,
@@ -366,6 +366,21 @@ def test_bad_control_messages(value, expected):
     with pytest.raises(BadInputError) as excinfo:
         decode_command(value)
     assert reason(excinfo) == expected
+
+
+@pytest.mark.parametrize(("value", "answerable"), [
+    (b'{"type": "set_split", "command_id": "c-7", "percent": 150}', True),
+    (b'{"type": "frobnicate", "command_id": "c-7"}', True),
+    (b'{"type": "promote", "command_id": "c-7", "expected_champion": "1"}', True),
+    (b'{"type": "promote", "expected_champion": "1"}', False),  # no id to answer
+    (b'{"type": "promoted", "champion": "8"}', False),  # a lifecycle event: nobody waits for it
+])
+def test_an_invalid_command_with_an_id_can_be_answered(value, answerable):
+    with pytest.raises(BadInputError) as excinfo:
+        decode_command(value)
+    assert isinstance(excinfo.value, InvalidCommandError) is answerable
+    if answerable:
+        assert excinfo.value.command_id == "c-7" and excinfo.value.command_type in value.decode()
 
 
 def test_lifecycle_decodes_and_round_trips():

@@ -53,7 +53,7 @@ from worker.core.types import (
     Position,
     Prediction,
 )
-from worker.errors import BadInputError, ConfigError
+from worker.errors import BadInputError, ConfigError, InvalidCommandError
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -464,58 +464,71 @@ def _control(obj: dict[str, Any], limits: Limits) -> Command | LifecycleEvent:
     type_ = obj.get("type")
     if type(type_) is not str:
         raise BadInputError("missing type" if type_ is None else "type must be a string")
-    if type_ in COMMAND_TYPES:
-        command_id = obj.get("command_id")
-        if type(command_id) is not str or not 0 < len(command_id) <= limits.max_id_chars:
-            raise BadInputError(
-                "missing command_id"
-                if command_id is None
-                else f"command_id must be a non-empty string of at most {limits.max_id_chars} characters"
-            )
-        percent = _percent(obj.get("percent"), "percent")
-        if percent is None and type_ == "set_split":
-            raise BadInputError("set_split needs percent")
-        ts = obj.get("ts")
-        signature = obj.get("signature")
-        if signature is not None and type(signature) is not str:
-            raise BadInputError("signature must be a string")
-        return Command(
-            type=type_,
-            command_id=command_id,
-            issued_by=_string(obj.get("issued_by", "operator"), "issued_by", limits),
-            reason=_string(obj.get("reason", ""), "reason", limits),
-            expected_champion=_version(obj.get("expected_champion"), "expected_champion"),
-            to_version=_version(obj.get("to_version"), "to_version"),
-            percent=percent,
-            ts=None if ts is None else _number(ts, "ts"),
-            signature=signature,
-        )
     if type_ in LIFECYCLE_TYPES:
-        command_id = obj.get("command_id")
-        if command_id is not None and type(command_id) is not str:
-            raise BadInputError("command_id must be a string")
-        detail = obj.get("detail", {})
-        if type(detail) is not dict:
-            raise BadInputError("detail must be an object")
-        offsets = obj.get("offsets", {})
-        if type(offsets) is not dict or any(type(o) is not int for o in offsets.values()):
-            raise BadInputError("offsets must be an object of integer offsets")
-        labelled = obj.get("labelled", 0)
-        if type(labelled) is not int or labelled < 0:
-            raise BadInputError("labelled must be an integer >= 0")
-        ts = obj.get("ts")
-        return LifecycleEvent(
-            type=type_,
-            command_id=command_id,
-            champion=_version(obj.get("champion"), "champion"),
-            challenger=_version(obj.get("challenger"), "challenger"),
-            detail=detail,
-            offsets=offsets,
-            labelled=labelled,
-            ts=None if ts is None else _number(ts, "ts"),
-            split=_percent(obj.get("split"), "split"),
+        return _lifecycle(obj, type_)
+    command_id = obj.get("command_id")
+    if type(command_id) is not str or not 0 < len(command_id) <= limits.max_id_chars:
+        if type_ not in COMMAND_TYPES:
+            raise BadInputError(f"unknown control message type {_quote(type_)}")
+        raise BadInputError(
+            "missing command_id"
+            if command_id is None
+            else f"command_id must be a non-empty string of at most {limits.max_id_chars} characters"
         )
-    raise BadInputError(f"unknown control message type {_quote(type_)}")
+    try:
+        return _command(obj, type_, command_id, limits)
+    except BadInputError as e:  # with an id to answer: the sender waits for it
+        raise InvalidCommandError(str(e), command_id, type_) from None
+
+
+def _command(obj: dict[str, Any], type_: str, command_id: str, limits: Limits) -> Command:
+    if type_ not in COMMAND_TYPES:
+        raise BadInputError(f"unknown control message type {_quote(type_)}")
+    percent = _percent(obj.get("percent"), "percent")
+    if percent is None and type_ == "set_split":
+        raise BadInputError("set_split needs percent")
+    ts = obj.get("ts")
+    signature = obj.get("signature")
+    if signature is not None and type(signature) is not str:
+        raise BadInputError("signature must be a string")
+    return Command(
+        type=type_,
+        command_id=command_id,
+        issued_by=_string(obj.get("issued_by", "operator"), "issued_by", limits),
+        reason=_string(obj.get("reason", ""), "reason", limits),
+        expected_champion=_version(obj.get("expected_champion"), "expected_champion"),
+        to_version=_version(obj.get("to_version"), "to_version"),
+        percent=percent,
+        ts=None if ts is None else _number(ts, "ts"),
+        signature=signature,
+    )
+
+
+def _lifecycle(obj: dict[str, Any], type_: str) -> LifecycleEvent:
+    command_id = obj.get("command_id")
+    if command_id is not None and type(command_id) is not str:
+        raise BadInputError("command_id must be a string")
+    detail = obj.get("detail", {})
+    if type(detail) is not dict:
+        raise BadInputError("detail must be an object")
+    offsets = obj.get("offsets", {})
+    if type(offsets) is not dict or any(type(o) is not int for o in offsets.values()):
+        raise BadInputError("offsets must be an object of integer offsets")
+    labelled = obj.get("labelled", 0)
+    if type(labelled) is not int or labelled < 0:
+        raise BadInputError("labelled must be an integer >= 0")
+    ts = obj.get("ts")
+    return LifecycleEvent(
+        type=type_,
+        command_id=command_id,
+        champion=_version(obj.get("champion"), "champion"),
+        challenger=_version(obj.get("challenger"), "challenger"),
+        detail=detail,
+        offsets=offsets,
+        labelled=labelled,
+        ts=None if ts is None else _number(ts, "ts"),
+        split=_percent(obj.get("split"), "split"),
+    )
 
 
 def _check_control(obj: dict[str, Any], limits: Limits) -> Any:

@@ -15,7 +15,7 @@ from confluent_kafka import Message, Producer
 
 from worker.core.engine import Engine
 from worker.core.types import Command, Prediction
-from worker.errors import BadInputError, ConfigError, RefusedInputError
+from worker.errors import BadInputError, ConfigError, InvalidCommandError, RefusedInputError
 from worker.io.codec import (
     Limits,
     decode_command,
@@ -193,7 +193,11 @@ class Handler:
             self.flush(emit)
 
     def _control(self, msg: Message) -> None:
-        decoded, raw = decode_command(msg.value(), self.limits)
+        try:
+            decoded, raw = decode_command(msg.value(), self.limits)
+        except InvalidCommandError as e:  # answered, then dead-lettered as bad input
+            self.engine.reject(Command(type=e.command_type, command_id=e.command_id), f"invalid command: {e}")
+            raise
         if not isinstance(decoded, Command):
             return  # a lifecycle event: ours or another worker's answer
         if self.require_signed and not verify_command(raw, self.secrets):
