@@ -148,6 +148,20 @@ def test_no_state_gauges_until_ready(setup):
     assert value(scrape(PrometheusObserver()), "worker_bad_input_total") == 0  # no worker at all
 
 
+def test_evictions_are_counted_by_kind_and_reason():
+    observer = PrometheusObserver()
+    engine = Engine(EngineConfig(warmup_labels=50, pending_max=3, pending_ttl=10.0), observer)
+    for i in range(5):  # the 4th and 5th push the 1st and 2nd out
+        engine.process(Event(id=f"e{i}", features={"a": 1.0}, ts=100.0 + i))
+    engine.process_label(Label(id="early", label=True, ts=104.0))
+    engine.process(Event(id="late", features={"a": 1.0}, ts=200.0))  # pushes e2 out; e3, e4 expire
+    samples = scrape(observer)
+    assert value(samples, "worker_pending_evicted_total", kind="predictions", reason="capacity") == 3
+    assert value(samples, "worker_pending_evicted_total", kind="predictions", reason="age") == 2
+    assert value(samples, "worker_pending_evicted_total", kind="labels", reason="age") == 1
+    assert value(samples, "worker_pending_evicted_total", kind="labels", reason="capacity") == 0
+
+
 def test_a_trainer_counts_no_event_as_served():
     """In scale-out the scorers serve; a trainer's engine scores the same events again."""
     worker = Standin()

@@ -159,7 +159,7 @@ class Engine:
             early = early_labels.pop(event.id) if early_labels._entries else None
             if early is None:
                 try:
-                    self._evicted("predictions", pending.put(event.id, scored, now))
+                    self._evicted("predictions", "capacity", pending.put(event.id, scored, now))
                 except DuplicateIdError as e:
                     raise self._bad(str(e)) from e
         elif busy:  # labelled inline: as refused if its id is pending, and a label that came
@@ -176,9 +176,9 @@ class Engine:
             self.positions[topic, partition] = offset
         if busy:
             if pending._entries:
-                self._evicted("predictions", pending.expire(now))
+                self._evicted("predictions", "age", pending.expire(now))
             if early_labels._entries:
-                self._evicted("labels", early_labels.expire(now))
+                self._evicted("labels", "age", early_labels.expire(now))
         self.observer.event_scored(served_by)
         if label is not None:
             self._learn(scored, label)
@@ -202,7 +202,7 @@ class Engine:
         scored = self.pending.pop(label.id)
         if scored is None:
             try:
-                self._evicted("labels", self.early.put(label.id, label, now))
+                self._evicted("labels", "capacity", self.early.put(label.id, label, now))
             except DuplicateIdError as e:
                 raise self._bad(f"label: {e}") from e
             return
@@ -281,9 +281,9 @@ class Engine:
             return
         mv.learned += 1
 
-    def _evicted(self, kind: str, evicted: list) -> None:
+    def _evicted(self, kind: str, reason: str, evicted: list) -> None:
         if evicted:
-            self.observer.pending_evicted(kind, len(evicted))
+            self.observer.pending_evicted(kind, reason, len(evicted))
 
     def _bad(self, reason: str) -> RefusedInputError:
         self.counts["bad"] += 1

@@ -23,9 +23,10 @@ class Observer:
     def label_joined(self, delayed: bool) -> None:
         """A label was matched with its event (``delayed``: it came on its own)."""
 
-    def pending_evicted(self, kind: str, count: int) -> None:
+    def pending_evicted(self, kind: str, reason: str, count: int) -> None:
         """``count`` entries left a pending buffer unmatched (``kind``: "predictions"
-        waiting for labels, or "labels" waiting for their event)."""
+        waiting for labels, or "labels" waiting for their event; ``reason``: "age", they
+        expired, or "capacity", the buffer was full)."""
 
     def lifecycle(self, event: LifecycleEvent) -> None:
         """A lifecycle event was emitted (promotion, rollback, drift, command answer)."""

@@ -68,7 +68,8 @@ class PrometheusObserver(Observer):
         self._joined = Counter("worker_labels_joined_total", "Labels matched with their event; "
                                "delayed: the label came on its own.", ["delayed"], registry=r)
         self._evicted = Counter("worker_pending_evicted_total", "Pending entries dropped unmatched "
-                                "(kind: predictions awaiting labels, labels awaiting events).", ["kind"],
+                                "(kind: predictions awaiting labels, labels awaiting events; reason: age, "
+                                "they expired, or capacity, the buffer was full).", ["kind", "reason"],
                                 registry=r)
         self._lifecycle = Counter("worker_lifecycle_events_total", "Lifecycle events emitted, by type.",
                                   ["type"], registry=r)
@@ -87,7 +88,8 @@ class PrometheusObserver(Observer):
         for delayed in ("true", "false"):
             self._joined.labels(delayed)
         for kind in ("predictions", "labels"):
-            self._evicted.labels(kind)
+            for reason in ("age", "capacity"):
+                self._evicted.labels(kind, reason)
         for kind in sorted(LIFECYCLE_TYPES):
             self._lifecycle.labels(kind)
         ProcessCollector(registry=r)
@@ -106,8 +108,8 @@ class PrometheusObserver(Observer):
     def label_joined(self, delayed: bool) -> None:
         self._joined.labels("true" if delayed else "false").inc()
 
-    def pending_evicted(self, kind: str, count: int) -> None:
-        self._evicted.labels(kind).inc(count)
+    def pending_evicted(self, kind: str, reason: str, count: int) -> None:
+        self._evicted.labels(kind, reason).inc(count)
 
     def lifecycle(self, event: LifecycleEvent) -> None:
         self._lifecycle.labels(event.type).inc()
