@@ -132,7 +132,8 @@ def _count_lines(path: Path) -> int:
 RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_ms", "snapshot_interval_s",
             "transaction_timeout_ms", "metrics_port", "secret", "require_signed_commands", "state_dir",
             "max_batch", "fresh", "status_interval_s", "commit_interval_events", "snapshot_interval_events",
-            "role", "scorer_id", "models_retain", "previous_secrets", "kafka"}
+            "role", "scorer_id", "models_retain", "previous_secrets", "kafka", "log_level"}
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @cli.command("run")
@@ -176,14 +177,14 @@ RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_
 @click.option("--models-retain", envvar="WORKER_MODELS_RETAIN", type=click.IntRange(min=0),
               help="Versions kept on the models topic: the latest champions (and a trainer's "
                    "challenger under a split); older ones are pruned, never the serving one; 0: all [100].")
-@click.option("--log-level", envvar="WORKER_LOG_LEVEL", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--log-level", envvar="WORKER_LOG_LEVEL", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="[info]")
 def run_command(config_path, kafka_config, log_level, previous_secrets, **options) -> None:
     """Serve, evaluate, train and decide on Kafka: the main job."""
     from worker.obs import logs
     from worker.runtime.worker import Worker
 
-    logs.setup(log_level)
+    logs.setup(log_level or _run_log_level(config_path))
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     flags = {key: options.pop(key) for key in RUN_KEYS if key in options}  # the rest: the engine's
     flags["previous_secrets"] = list(previous_secrets) or None
@@ -202,6 +203,14 @@ def run_command(config_path, kafka_config, log_level, previous_secrets, **option
     worker.run()
 
 
+def _run_log_level(config_path: str | None) -> str:
+    """``log_level`` of the TOML [run] table (the flag and WORKER_LOG_LEVEL win), else info."""
+    level = load_document(config_path).get("run", {}).get("log_level", "info")
+    if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level
+
+
 def run_settings(config_path: str | None, flags: dict, kafka_config: tuple[str, ...]):
     """TOML [run] table, overridden by the flags, → a frozen RunSettings."""
     from worker.runtime.worker import RunSettings
@@ -209,6 +218,7 @@ def run_settings(config_path: str | None, flags: dict, kafka_config: tuple[str, 
 
     values = dict(load_document(config_path).get("run", {}))
     check_keys(values, RUN_KEYS, "[run]")
+    values.pop("log_level", None)  # read by run_command, before anything logs
     values.update({k: v for k, v in flags.items() if v is not None})
     values.setdefault("scorer_id", socket.gethostname())
     extra = {**values.pop("kafka", {}), **parse_kafka_config(kafka_config)}
@@ -245,7 +255,9 @@ def control_options(command):
         click.option("--secret", envvar="WORKER_SECRET", help="Sign the command with this secret."),
         click.option("--expected-champion", type=int, help="Reject unless this version is the champion."),
         click.option("--reason", default="", help="Why (kept in the control log)."),
-        click.option("--issued-by", envvar="USER", default="operator", show_default=True),
+        click.option("--issued-by", envvar=["WORKER_ISSUED_BY", "USER"], default="operator",
+                     help="Who sends it, kept in the control log [WORKER_ISSUED_BY, else $USER, else "
+                          "operator]."),
         click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
                      help="Seconds to wait for the worker's answer."),
     ], command)

@@ -444,10 +444,11 @@ def test_an_invalid_raw_command_is_answered_rejected_and_dead_lettered(bootstrap
     prefix = unique("rawcmd") + "."
     create_all_topics(bootstrap, prefix, 1)
     with running(bootstrap, prefix, tmp_path / "worker.log"):
-        produce(bootstrap, prefix + "control", [
-            (None, b'{"type": "set_split", "command_id": "raw-1", "percent": 150}'),
-            (None, b'{"type": "frobnicate", "command_id": "raw-2"}'),
-        ])
+        producer = Producer({"bootstrap.servers": bootstrap})
+        producer.produce(prefix + "control", b'{"type": "set_split", "command_id": "raw-1", "percent": 150}',
+                         headers=[("trace-id", b"t-1")])
+        producer.produce(prefix + "control", b'{"type": "frobnicate", "command_id": "raw-2"}')
+        producer.flush(10)
 
         def answers() -> dict[str, dict]:
             return {m["command_id"]: m for m in json_values(read_all(bootstrap, prefix + "control"))
@@ -457,6 +458,9 @@ def test_an_invalid_raw_command_is_answered_rejected_and_dead_lettered(bootstrap
         assert "percent must be a number between 0 and 100" in answers()["raw-1"]["detail"]["reason"]
         assert "unknown control message type 'frobnicate'" in answers()["raw-2"]["detail"]["reason"]
         wait_until(lambda: len(read_all(bootstrap, prefix + "events.dlq")) == 2, 30, "two dead letters")
+        first = read_all(bootstrap, prefix + "events.dlq")[0]
+        assert first.headers()[0] == ("trace-id", b"t-1"), "the producer's headers are kept, first"
+        assert header_map(first)["dlq.error"].startswith(b"percent must be")
         assert status(bootstrap, prefix)["split_percent"] == 0.0
 
 

@@ -30,3 +30,19 @@ def test_an_output_path_under_a_file_is_one_clear_line(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last == f"worker: {afile / 'sub'}: a part of that path is a file, not a folder"
+
+
+def test_who_issued_a_command_comes_from_worker_issued_by_first():
+    import os
+
+    from click.testing import CliRunner
+
+    from worker.cli import cli
+
+    command = cli.commands["control"].commands["pause"]
+    env = {k: None for k in os.environ if k.startswith("WORKER_")}
+    for extra, expected in (({"WORKER_ISSUED_BY": "carol", "USER": "bob"}, "carol"),
+                            ({"USER": "bob"}, "bob")):
+        with CliRunner(env={**env, **extra}).isolation():
+            context = command.make_context("pause", [])  # parses the options, sends nothing
+        assert context.params["issued_by"] == expected

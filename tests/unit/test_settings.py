@@ -347,3 +347,15 @@ def test_previous_secrets_come_from_the_run_table_or_the_flags(tmp_path):
     config.write_text('[run]\nsecret = "new"\nprevious_secrets = [""]\n')
     with pytest.raises(ConfigError, match="previous_secrets must be non-empty"):
         run_settings(str(config), {}, ())
+
+
+def test_the_log_level_comes_from_the_run_table_unless_a_flag_says(tmp_path):
+    from worker.cli import _run_log_level, run_settings
+
+    config = tmp_path / "worker.toml"
+    config.write_text('[run]\nsecret = "s"\nlog_level = "debug"\n')
+    assert _run_log_level(str(config)) == "debug" and _run_log_level(None) == "info"
+    assert run_settings(str(config), {}, ()).secret == b"s"  # an accepted [run] key
+    config.write_text('[run]\nlog_level = "verbose"\n')
+    with pytest.raises(ConfigError, match="log_level must be one of debug, info, warning, error"):
+        _run_log_level(str(config))

@@ -89,8 +89,9 @@ def produce_prediction(producer: Producer, topic: str, prediction: Prediction, m
 
 class DeadLetters:
     """Writes the messages that cannot be processed to the dead-letter topic (ARCHITECTURE.md
-    §2): their original bytes and key, with the ``dlq.*`` headers. Counts them, and says so
-    in the log at most once a second, so that a flood of bad input cannot flood the log.
+    §2): their original bytes, key and headers, with the ``dlq.*`` headers after them.
+    Counts them, and says so in the log at most once a second, so that a flood of bad
+    input cannot flood the log.
 
     A message that would not fit in the topic's ``max_bytes`` with its headers (one near
     the input topic's own limit) keeps the beginning of its key and value and gets a
@@ -104,8 +105,8 @@ class DeadLetters:
 
     def write(self, producer: Producer, msg: Message, reason: str) -> None:
         position = (msg.topic(), msg.partition(), msg.offset())
-        key, value, headers = fit_dead_letter(msg.key(), msg.value(), dlq_headers(reason, position),
-                                              self.max_bytes)
+        headers = [*(msg.headers() or []), *dlq_headers(reason, position)]  # the producer's kept too
+        key, value, headers = fit_dead_letter(msg.key(), msg.value(), headers, self.max_bytes)
         producer.produce(self.topic, value=value, key=key, headers=headers)
         self.count += 1
         now = time.monotonic()
@@ -126,7 +127,7 @@ def fit_dead_letter(key: bytes | None, value: bytes | None, headers: list[tuple[
     >>> len(key) + len(value) + 512 + len("dlq.error") + len(b"not JSON") <= 2000, headers[-1]
     (True, ('dlq.truncated', b'key 1 bytes, value 5000 bytes'))
     """
-    room = max_bytes - RECORD_OVERHEAD - sum(len(name) + len(v) for name, v in headers)
+    room = max_bytes - RECORD_OVERHEAD - sum(len(name) + len(v or b"") for name, v in headers)
     key_len, value_len = len(key or b""), len(value or b"")
     if key_len + value_len <= room:
         return key, value, headers
