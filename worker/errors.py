@@ -34,10 +34,11 @@ class InvalidCommandError(BadInputError):
     dead-lettered like any bad input, and answered with ``command_rejected`` too, so that
     whoever sent it does not wait for an answer that never comes."""
 
-    def __init__(self, reason: str, command_id: str, command_type: str) -> None:
+    def __init__(self, reason: str, command_id: str, command_type: str, issued_by: str) -> None:
         super().__init__(reason)
         self.command_id = command_id
         self.command_type = command_type
+        self.issued_by = issued_by
 
 
 class RefusedInputError(BadInputError):

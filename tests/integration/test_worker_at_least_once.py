@@ -47,6 +47,12 @@ def test_kill_9_loses_nothing_and_the_state_matches_the_offsets(bootstrap, uniqu
         assert status(bootstrap, prefix)["counts"]["events"] == 12_000
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
+    # restarted with another secret: the snapshot file is refused, as a configuration error
+    out = subprocess.run([sys.executable, "-m", "worker", "run", "--bootstrap", bootstrap,
+                          "--topic-prefix", prefix, "--group", f"{prefix}group", "--secret", "a typo", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "cannot be restored with this --secret (signature mismatch" in out.stderr.splitlines()[-1]
 
 
 def test_a_snapshot_that_cannot_be_written_is_retried_and_serving_goes_on(bootstrap, unique, tmp_path):

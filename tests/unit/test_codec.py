@@ -370,7 +370,7 @@ def test_bad_control_messages(value, expected):
 
 @pytest.mark.parametrize(("value", "answerable"), [
     (b'{"type": "set_split", "command_id": "c-7", "percent": 150}', True),
-    (b'{"type": "frobnicate", "command_id": "c-7"}', True),
+    (b'{"type": "frobnicate", "command_id": "c-7"}', False),  # perhaps a newer release's event
     (b'{"type": "promote", "command_id": "c-7", "expected_champion": "1"}', True),
     (b'{"type": "promote", "expected_champion": "1"}', False),  # no id to answer
     (b'{"type": "promoted", "champion": "8"}', False),  # a lifecycle event: nobody waits for it

@@ -154,10 +154,10 @@ def test_evictions_are_counted_by_kind_and_reason():
     for i in range(5):  # the 4th and 5th push the 1st and 2nd out
         engine.process(Event(id=f"e{i}", features={"a": 1.0}, ts=100.0 + i))
     engine.process_label(Label(id="early", label=True, ts=104.0))
-    engine.process(Event(id="late", features={"a": 1.0}, ts=200.0))  # pushes e2 out; e3, e4 expire
+    engine.process(Event(id="late", features={"a": 1.0}, ts=200.0))  # e2-e4 expired: room for it
     samples = scrape(observer)
-    assert value(samples, "worker_pending_evicted_total", kind="predictions", reason="capacity") == 3
-    assert value(samples, "worker_pending_evicted_total", kind="predictions", reason="age") == 2
+    assert value(samples, "worker_pending_evicted_total", kind="predictions", reason="capacity") == 2
+    assert value(samples, "worker_pending_evicted_total", kind="predictions", reason="age") == 3
     assert value(samples, "worker_pending_evicted_total", kind="labels", reason="age") == 1
     assert value(samples, "worker_pending_evicted_total", kind="labels", reason="capacity") == 0
 

@@ -158,6 +158,8 @@ class Engine:
         if label is None:
             early = early_labels.pop(event.id) if early_labels._entries else None
             if early is None:
+                if pending._entries:  # what expired first: a full buffer then evicts the live ones only
+                    self._evicted("predictions", "age", pending.expire(now))
                 try:
                     self._evicted("predictions", "capacity", pending.put(event.id, scored, now))
                 except DuplicateIdError as e:
@@ -406,14 +408,14 @@ class Engine:
                 raise CommandRejected("no former champion to roll back to")
         if target not in self.registry:
             raise CommandRejected(f"v{target} does not exist")
-        if "champion" not in self.registry[target].roles:
-            raise CommandRejected(f"v{target} was never champion: a rollback goes back to a former champion")
-        if self.registry[target].model is None:
-            self._bring_back(self.registry[target])
         if target == self._champ.version:
             raise CommandRejected(f"v{target} is already the champion")
         if self._chal is not None and target == self._chal.version:
             raise CommandRejected(f"v{target} is the challenger, not a former champion: promote it instead")
+        if "champion" not in self.registry[target].roles:
+            raise CommandRejected(f"v{target} was never champion: a rollback goes back to a former champion")
+        if self.registry[target].model is None:
+            self._bring_back(self.registry[target])
         bad, restored = self._champ, self.registry[target]
         statistic = self.probation.summary() if self.probation else None
         self.registry.reinstate(restored.version)  # first: retiring others must not push it out

@@ -135,6 +135,7 @@ def validate_detector(spec: str) -> None:
     Arguments river accepts can still fail on the first update (``ADWIN(clock=0)``
     panics in river's Rust code, an exception that is not an ``Exception``): a detector
     is tried on a short stream here, at start, rather than on the first labelled event.
+    (Rust prints its panic message on stderr first: a line or two before the error.)
     """
     detector = parse_detector(spec)
     try:

@@ -466,10 +466,10 @@ def _control(obj: dict[str, Any], limits: Limits) -> Command | LifecycleEvent:
         raise BadInputError("missing type" if type_ is None else "type must be a string")
     if type_ in LIFECYCLE_TYPES:
         return _lifecycle(obj, type_)
+    if type_ not in COMMAND_TYPES:  # not answered: it may be a newer release's lifecycle event
+        raise BadInputError(f"unknown control message type {_quote(type_)}")
     command_id = obj.get("command_id")
     if type(command_id) is not str or not 0 < len(command_id) <= limits.max_id_chars:
-        if type_ not in COMMAND_TYPES:
-            raise BadInputError(f"unknown control message type {_quote(type_)}")
         raise BadInputError(
             "missing command_id"
             if command_id is None
@@ -478,12 +478,12 @@ def _control(obj: dict[str, Any], limits: Limits) -> Command | LifecycleEvent:
     try:
         return _command(obj, type_, command_id, limits)
     except BadInputError as e:  # with an id to answer: the sender waits for it
-        raise InvalidCommandError(str(e), command_id, type_) from None
+        issued_by = obj.get("issued_by")
+        raise InvalidCommandError(str(e), command_id, type_,
+                                  issued_by if type(issued_by) is str else "operator") from None
 
 
 def _command(obj: dict[str, Any], type_: str, command_id: str, limits: Limits) -> Command:
-    if type_ not in COMMAND_TYPES:
-        raise BadInputError(f"unknown control message type {_quote(type_)}")
     percent = _percent(obj.get("percent"), "percent")
     if percent is None and type_ == "set_split":
         raise BadInputError("set_split needs percent")

@@ -115,6 +115,14 @@ class Catalog:
             if (version := _version_of(key)) < newest and version not in served:
                 del self._latest[key]
 
+    def has_chunks(self, version: int) -> bool:
+        """Whether every chunk ``version``'s manifest names is here (a follower forgets the
+        chunks of versions it does not serve: :meth:`keep_chunks_of`)."""
+        raw = self._latest.get(f"v{version}".encode())
+        manifest = None if raw is None else _parse_manifest(raw)
+        return manifest is not None and all(
+            self._latest.get(f"v{version}/{i}".encode()) is not None for i in range(manifest["chunks"]))
+
     def load(self, version: int, secret: bytes | Sequence[bytes]) -> Any:
         """The model of ``version``; a missing, incomplete, tampered or foreign one
         raises :class:`~worker.errors.SnapshotError` before anything is unpickled."""

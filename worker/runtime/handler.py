@@ -105,7 +105,7 @@ class DeadLetters:
 
     def write(self, producer: Producer, msg: Message, reason: str) -> None:
         position = (msg.topic(), msg.partition(), msg.offset())
-        headers = [*(msg.headers() or []), *dlq_headers(reason, position)]  # the producer's kept too
+        headers = [*producer_headers(msg.headers(), self.max_bytes), *dlq_headers(reason, position)]
         key, value, headers = fit_dead_letter(msg.key(), msg.value(), headers, self.max_bytes)
         producer.produce(self.topic, value=value, key=key, headers=headers)
         self.count += 1
@@ -113,6 +113,23 @@ class DeadLetters:
         if now - self._logged_at >= 1.0:
             self._logged_at = now
             log.warning("dead-lettered %s[%d]@%d: %s (%d so far)", *position, reason, self.count)
+
+
+def producer_headers(headers: list[tuple[str, bytes | None]] | None,
+                     max_bytes: int) -> list[tuple[str, bytes | None]]:
+    """The input's own headers, kept on its dead letter while they take at most a quarter
+    of ``max_bytes`` (the input topic may allow more than the dead-letter topic); else one
+    ``dlq.headers.dropped`` header says how many there were.
+
+    >>> producer_headers([("trace-id", b"t-1")], 2000)
+    [('trace-id', b't-1')]
+    >>> producer_headers([("blob", b"x" * 600)], 2000)
+    [('dlq.headers.dropped', b'1 headers, 604 bytes')]
+    """
+    size = sum(len(name) + len(value or b"") for name, value in headers or [])
+    if size <= max_bytes // 4:
+        return list(headers or [])
+    return [("dlq.headers.dropped", f"{len(headers)} headers, {size} bytes".encode())]
 
 
 def fit_dead_letter(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
@@ -197,7 +214,8 @@ class Handler:
         try:
             decoded, raw = decode_command(msg.value(), self.limits)
         except InvalidCommandError as e:  # answered, then dead-lettered as bad input
-            self.engine.reject(Command(type=e.command_type, command_id=e.command_id), f"invalid command: {e}")
+            command = Command(type=e.command_type, command_id=e.command_id, issued_by=e.issued_by)
+            self.engine.reject(command, f"invalid command: {e}")
             raise
         if not isinstance(decoded, Command):
             return  # a lifecycle event: ours or another worker's answer

@@ -200,12 +200,11 @@ class ModelFeed:
         try:
             if manifest is None:
                 raise SnapshotError(f"version {version} is not on the models topic yet")
-            try:
-                model = self._catalog.load(version, self.settings.secrets)
-            except SnapshotError:  # an older version, forgotten here: read the topic again
+            catalog = self._catalog
+            if not catalog.has_chunks(version):  # an older version, forgotten here: read the topic again
                 catalog = read_models(self._reader_config, self.settings.kafka.topics.models,
                                       chunks_of=(version,))
-                model = catalog.load(version, self.settings.secrets)
+            model = catalog.load(version, self.settings.secrets)
         except KafkaException as e:  # no broker: try again in a while (said once per outage)
             self._next_try = time.monotonic() + RETRY_S
             log.log(logging.DEBUG if self._unreachable else logging.WARNING, "%s v%d cannot be loaded: %s; "
@@ -213,6 +212,7 @@ class ModelFeed:
             self._unreachable = True
             return fallback
         except SnapshotError as e:  # not published yet, not ours: until it is published anew
+            self._unreachable = False
             self._failed[version] = manifest
             if role == "champion":
                 self.champion_error = e

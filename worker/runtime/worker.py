@@ -29,7 +29,7 @@ from worker.core import state
 from worker.core.config import EngineConfig
 from worker.core.engine import Engine
 from worker.core.observer import Observer
-from worker.errors import ConfigError, SnapshotError, WorkerError
+from worker.errors import ConfigError, SignatureError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
 from worker.io.models import Catalog, read_models
@@ -175,6 +175,9 @@ class Worker:
         except KafkaException as e:  # e.g. a transaction timeout the broker does not allow
             self._close()
             raise kafka.start_error(e.args[0]) from None
+        except WorkerError:
+            self._close()
+            raise
         try:
             while not self.stopping:
                 try:
@@ -455,10 +458,13 @@ class Worker:
             return
         try:
             state.verify(snapshot, self.settings.secrets)
-        except SnapshotError as e:
-            raise ConfigError(f"the stored state of group {self.settings.kafka.group!r} cannot be restored "
-                              f"with this --secret ({e}); nothing was taken over. After a secret rotation "
-                              "pass the old secret as --previous-secret; --fresh starts over") from None
+        except SignatureError as e:  # anything else wrong with it is the recovery's to say
+            raise self._wrong_secret(e, "nothing was taken over") from None
+
+    def _wrong_secret(self, error: SignatureError, consequence: str) -> ConfigError:
+        return ConfigError(f"the stored state of group {self.settings.kafka.group!r} cannot be restored "
+                           f"with this --secret ({error}); {consequence}. After a secret rotation pass the "
+                           "old secret as --previous-secret; --fresh starts over")
 
     def _state_reader(self) -> Any:
         return kafka.reader({**self.settings.kafka.consumer_config(),
@@ -511,7 +517,10 @@ class Worker:
         settings = self.settings
         self._local = LocalCheckpoints(settings.state_dir, settings.kafka.group, settings.secrets)
         self._local.check_writable()
-        saved = None if self._fresh else self._local.load()
+        try:
+            saved = None if self._fresh else self._local.load()
+        except SignatureError as e:
+            raise self._wrong_secret(e, "stopping") from None
         self._new_engine(saved[0] if saved else None)
         if saved:
             return saved[1]
@@ -522,6 +531,8 @@ class Worker:
         if not self._new_lineage:
             try:
                 self.engine = Engine.restore(snapshot, self.settings.secrets, self.engine_config)
+            except SignatureError as e:
+                raise self._wrong_secret(e, "stopping") from None
             except SnapshotError as e:
                 raise SnapshotError(f"the stored state cannot be restored: {e} (after a secret rotation, "
                                     "pass the old secret as --previous-secret; --fresh starts over)") from e
@@ -556,8 +567,9 @@ class Worker:
                         len(stale), self.topics.models, stale[0], stale[-1])
             self._handler.prune_models(stale)
             self.engine.report_status()
-            self._handler.flush(emit=True)
-        self._handler.publish_champion()
+            self._handler.flush(emit=True)  # publishes the champion too
+        else:
+            self._handler.publish_champion()
 
     def _warn_unstable_outputs(self) -> None:
         """Say so when a topic only this worker writes has an open transaction right
@@ -696,8 +708,7 @@ class Worker:
         """Fenced by a newer instance, or by the broker aborting a transaction of ours
         that timed out? A new instance commits its id to worker-state right after it
         fences us; while the id there is still ours after ``wait_s``, it was a timeout."""
-        reader = kafka.reader({**self.settings.kafka.consumer_config(),
-                               "group.id": f"{self.settings.kafka.group}.recovery"})
+        reader = self._state_reader()
         deadline = time.monotonic() + wait_s
         try:
             while True:
