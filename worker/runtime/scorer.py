@@ -281,8 +281,11 @@ class Scorer:
             # rather than librdkafka's 5 minutes (a --kafka-config setting wins).
             # A scorer that died (kill -9, a crash) holds its partitions until its session
             # times out, even when it comes back at once: 10 s rather than librdkafka's 45.
+            # Cooperative rebalancing: the others keep serving theirs meanwhile (an eager
+            # rebalance took every partition from every scorer until that timeout).
             config = {"topic.metadata.refresh.interval.ms": int(PARTITIONS_CHECK_S * 1000),
                       "session.timeout.ms": SESSION_TIMEOUT_MS,
+                      "partition.assignment.strategy": "cooperative-sticky",
                       **kafka_settings.consumer_config(), "group.id": f"{group}.scorers"}
             self._consumer = kafka.consumer(config)
             self._consumer.subscribe([self.topics.events], on_assign=self._on_assign,
@@ -427,8 +430,10 @@ class Scorer:
                                                                              OFFSET_BEGINNING))
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        log.info("serving partitions %s", ", ".join(str(tp.partition) for tp in partitions) or "none",
-                 extra={"context": {"topic": self.topics.events}})
+        """Say which partitions it takes on (cooperative: only the added ones)."""
+        if partitions:
+            log.info("serving partitions %s", ", ".join(str(tp.partition) for tp in partitions),
+                     extra={"context": {"topic": self.topics.events}})
 
     def _on_revoke(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
         """Partitions move to another scorer: commit what was served from them first."""
