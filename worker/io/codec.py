@@ -478,9 +478,11 @@ def _control(obj: dict[str, Any], limits: Limits) -> Command | LifecycleEvent:
     try:
         return _command(obj, type_, command_id, limits)
     except BadInputError as e:  # with an id to answer: the sender waits for it
-        issued_by = obj.get("issued_by")
-        raise InvalidCommandError(str(e), command_id, type_,
-                                  issued_by if type(issued_by) is str else "operator") from None
+        try:
+            issued_by = _string(obj.get("issued_by", "operator"), "issued_by", limits)
+        except BadInputError:
+            issued_by = "operator"
+        raise InvalidCommandError(str(e), command_id, type_, issued_by) from None
 
 
 def _command(obj: dict[str, Any], type_: str, command_id: str, limits: Limits) -> Command:
