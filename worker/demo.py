@@ -150,7 +150,7 @@ class Demo:
         args = ["simulate", "--bootstrap", self.bootstrap, "--topic-prefix", self.prefix,
                 "--generator", "sea", "--concepts", "0,2", "--drift-at", "50%", "--events", str(self.events),
                 "--rate", f"{self.rate:g}", "--labels", "topic", "--label-delay", "100", "--entities", "1000",
-                "--seed", "7", "--id-prefix", "demo-"]
+                "--seed", "7", "--id-prefix", "demo-", *([] if sys.stderr.isatty() else ["--no-progress"])]
         say(f"$ worker {shlex.join(args)}")
         self.simulator = subprocess.Popen([sys.executable, "-m", "worker", *args], stdout=subprocess.PIPE,
                                           env=self.env, text=True)
@@ -160,7 +160,8 @@ class Demo:
         deadline = began + self.timeout_s
         sent: dict[str, Any] | None = None
         shown = 0
-        with click.progressbar(length=self.events, label="worker  ", file=sys.stderr) as bar:
+        with click.progressbar(length=self.events, label="worker  ", file=sys.stderr,
+                               hidden=not sys.stderr.isatty()) as bar:  # else a stray label in a log
             while True:
                 if sent is None and self.simulator.poll() is not None:
                     out = self.simulator.stdout.read()

@@ -29,6 +29,8 @@ def test_demo_end_to_end(bootstrap: str, tmp_path: Path) -> None:
     assert f"{EVENTS} sent, {EVENTS} scored, {EVENTS} labelled" in result.stdout
     assert f"{EVENTS} predictions committed" in result.stdout  # exactly once, read_committed
     assert "worker stopped (SIGTERM, exit code 0)" in result.stderr
+    assert not {"worker", "events"} & {line.strip() for line in result.stderr.splitlines()}, \
+        "no stray progress-bar labels when stderr is not a terminal"
 
     page = report.read_text()
     data = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S).group(1))
