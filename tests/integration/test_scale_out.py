@@ -7,6 +7,7 @@ traffic split the scorers serve the challenger to its share of entities."""
 from __future__ import annotations
 
 import signal
+import socket
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -44,6 +45,14 @@ def predictions(bootstrap: str, prefix: str) -> list[dict]:
 
 def scorer(bootstrap: str, prefix: str, log, scorer_id: str, *args: str) -> WorkerProcess:
     return WorkerProcess(bootstrap, prefix, log, "--role", "scorer", "--scorer-id", scorer_id, *args)
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def http(port: int, path: str) -> tuple[int, str]:
@@ -172,6 +181,19 @@ def test_a_scorer_frozen_past_its_session_timeout_commits_nothing_it_lost(bootst
         s1.proc.send_signal(signal.SIGCONT)
         codes = [p.stop(60) for p in processes if p.proc.poll() is None]
     assert codes == [0, 0, 0], [p.log()[-2000:] for p in processes]
+
+
+def test_a_scorer_without_a_trainer_says_what_it_waits_for(bootstrap, unique, tmp_path):
+    prefix = unique("notrainer") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    port = free_port()
+    alone = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", "--metrics-port", str(port))
+    try:
+        wait_until(lambda: port_open(port), 30, "its metrics port")
+        reason = "not ready: waiting for the champion: no trainer has published version 1 yet\n"
+        wait_until(lambda: http(port, "/readyz") == (503, reason), 30, "the reason on /readyz")
+    finally:
+        assert alone.stop(30) == 0, alone.log()[-2000:]
 
 
 def test_scorers_serve_version_1_during_the_trainers_warm_up(bootstrap, unique, tmp_path):

@@ -174,7 +174,8 @@ class ModelFeed:
         if time.monotonic() < self._next_try:
             return
         if self._wanted is None and not self._catalog.published(1):
-            return  # no trainer has published version 1 yet
+            self.champion_error = SnapshotError("no trainer has published version 1 yet")
+            return
         champion, challenger, split = self._what_to_serve()
         self.champion = self._load(champion, self.champion, "champion")
         if split != self.split:
