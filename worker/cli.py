@@ -109,17 +109,27 @@ def replay_command(file: Path, target, positive, id_column, drop, out_dir: Path,
     from worker.runtime.replay import replay
 
     engine = Engine(engine_config(config_path, **engine_flags))
-    records = read_records(file, target=target, id_column=id_column, drop=drop, positive=positive)
+    warnings: list[str] = []
+    records = read_records(file, target=target, id_column=id_column, drop=drop, positive=positive,
+                           warnings=warnings)
     with click.progressbar(length=_count_lines(file), label=f"replay {file.name}", file=sys.stderr) as bar:
         summary = replay(records, engine, out_dir, timeline_every=timeline_every,
                          on_record=lambda: bar.update(1))
     brief = {k: v for k, v in summary.items() if k not in ("models", "bad_examples", "pending")}
     click.echo(json.dumps(brief, indent=2))
     click.echo(f"outputs: {out_dir}/summary.json, lifecycle.jsonl, timeline.jsonl")
+    if summary["bad"]:
+        first = summary["bad_examples"][0]
+        warnings.append(f"{summary['bad']} bad rows, counted and skipped (the first: line {first['line']}: "
+                        f"{first['reason']}); see summary.json")
     if summary["learn_errors"]:
-        click.echo(f"warning: {summary['learn_errors']} times a model could not learn a labelled event "
-                   f"(last: {summary['learn_error']}); labels must be what the model learns: true / false "
-                   "for a binary classifier (a CSV's --positive VALUE maps that value to true)", err=True)
+        warnings.append(f"{summary['learn_errors']} times a model could not learn a labelled event (last: "
+                        f"{summary['learn_error']}); labels and features must be what the model takes: "
+                        "labels true / false for a binary classifier (a CSV's --positive VALUE maps that "
+                        "value to true), numbers for a model that computes with them (strings need a spec "
+                        "that encodes them: see the README)")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _count_lines(path: Path) -> int:
@@ -527,10 +537,12 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
                              extra=parse_kafka_config(kafka_config))
     topics = settings.topics
     prefix = sim.check_id_prefix(id_prefix if id_prefix is not None else f"evt-{uuid.uuid4().hex[:6]}-")
+    notes: list[str] = []  # what the file reader has to say once it has read the file
     if file is not None:
         if drift_at or drift_every or drift_width:
             raise click.UsageError("--drift-* options apply to generators; a file drifts by itself")
-        source = sim.from_file(file, target=target, positive=positive, id_column=id_column, drop=drop)
+        source = sim.from_file(file, target=target, positive=positive, id_column=id_column, drop=drop,
+                               notes=notes)
         total = events or max(_count_lines(file) - (file.suffix.lower() == ".csv"), 0)
         what = file.name
     else:
@@ -571,6 +583,8 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
         click.echo(f"simulate: stopped: sent {sent.events_acked} events and {sent.labels_acked} labels"
                    f" ({sent.failed} failed)", err=True)
     click.echo(json.dumps(sent.as_dict()))
+    for note in notes:
+        click.echo(f"simulate: warning: {note}", err=True)
     if sent.failed:
         click.echo(f"simulate: {sent.failed} messages failed: {'; '.join(sent.errors)}", err=True)
         sys.exit(1)

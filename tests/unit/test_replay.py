@@ -22,6 +22,7 @@ from worker.cli import cli
 from worker.core.config import EngineConfig
 from worker.core.engine import Engine
 from worker.core.types import LIFECYCLE_TYPES
+from worker.errors import ConfigError
 from worker.io.files import BadRecord, read_records
 from worker.runtime.replay import BAD_EXAMPLES, replay
 
@@ -279,3 +280,45 @@ def test_python_api_without_output_folder_and_many_bad_lines(tmp_path: Path) -> 
     assert (result["events"], result["bad"]) == (60, 60)
     assert len(result["bad_examples"]) == BAD_EXAMPLES  # counted, only the first few kept
     assert [b["line"] for b in result["bad_examples"][:2]] == [2, 4]
+
+
+def test_csv_edge_cases_keep_every_value_where_it_belongs(tmp_path: Path) -> None:
+    """A byte-order mark, a quoted cell over two lines, an empty label cell, a short row."""
+    path = tmp_path / "edge.csv"
+    path.write_bytes(b'\xef\xbb\xbfdate,x,class\r\n1,2,UP\r\n2,3,\r\n3,"a\nb",DOWN\r\n4,5\r\n\r\n5,6,UP\r\n')
+    warnings: list[str] = []
+    records = list(read_records(path, target="class", id_column="date", positive="UP", warnings=warnings))
+    events = [r for r in records if not isinstance(r, BadRecord)]
+    assert [(e.id, e.label) for e in events] == [("1", True), ("2", None), ("3", False), ("5", True)]
+    assert events[2].features == {"x": "a\nb"}
+    assert [(r.line, r.reason) for r in records if isinstance(r, BadRecord)] == [
+        (6, "row has 2 cells, the header 3")]  # its physical line, after the two-line cell
+    assert warnings == []
+
+
+def test_a_csv_column_named_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.csv"
+    path.write_text("a,a,label\n1,100,true\n")
+    with pytest.raises(ConfigError, match="column 'a' appears more than once"):
+        list(read_records(path, target="label"))
+
+
+def test_a_positive_value_that_never_appears_is_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "case.csv"
+    path.write_text("x,class\n1,UP\n2,DOWN\n")
+    no_env = {k: None for k in os.environ if k.startswith("WORKER_")}
+    done = CliRunner().invoke(cli, ["replay", str(path), "--target", "class", "--positive", "up",
+                                    "--out", str(tmp_path / "out")], env=no_env)
+    assert done.exit_code == 0, done.output
+    assert "warning: --positive 'up' never appears in column 'class' (values: 'DOWN', 'UP')" in done.stderr
+
+
+def test_simulate_from_a_file_says_which_rows_it_skipped(tmp_path: Path) -> None:
+    from worker.io.simulate import from_file
+
+    path = tmp_path / "ragged.csv"
+    path.write_text("x,class\n1,UP\n2\n3,DOWN\n")
+    notes: list[str] = []
+    rows = list(from_file(path, target="class", positive="UP", notes=notes))
+    assert [label for _, label, _ in rows] == [True, False]
+    assert notes == ["1 bad rows of ragged.csv skipped, the first at line 3: row has 1 cells, the header 2"]

@@ -26,14 +26,17 @@ class BadRecord:
 
 
 def read_records(path: Path, *, target: str | None = None, id_column: str | None = None,
-                 drop: Sequence[str] = (), positive: str | None = None) -> Iterator[Record | BadRecord]:
-    """Events (and delayed labels) of a `.jsonl` / `.csv` file, in file order."""
+                 drop: Sequence[str] = (), positive: str | None = None,
+                 warnings: list[str] | None = None) -> Iterator[Record | BadRecord]:
+    """Events (and delayed labels) of a `.jsonl` / `.csv` file, in file order. What is
+    worth a warning but not a bad row (a ``--positive`` never seen) goes to ``warnings``."""
     if not path.exists():
         raise ConfigError(f"no such file: {path}")
     if path.suffix.lower() == ".csv":
         if not target:
-            raise ConfigError("a CSV replay needs --target COLUMN (the label column)")
-        return read_csv(path, target=target, id_column=id_column, drop=drop, positive=positive)
+            raise ConfigError("a CSV file needs --target COLUMN (the label column)")
+        return read_csv(path, target=target, id_column=id_column, drop=drop, positive=positive,
+                        warnings=warnings if warnings is not None else [])
     return read_jsonl(path)
 
 
@@ -51,26 +54,45 @@ def read_jsonl(path: Path) -> Iterator[Record | BadRecord]:
 
 
 def read_csv(path: Path, *, target: str, id_column: str | None, drop: Sequence[str],
-             positive: str | None) -> Iterator[Record | BadRecord]:
+             positive: str | None, warnings: list[str]) -> Iterator[Record | BadRecord]:
     """A header row, then one event per row: every column but the target, the id and the
-    dropped ones is a feature; numbers become floats, empty cells are missing."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
+    dropped ones is a feature; numbers become floats, empty cells are missing (an empty
+    target cell too: the event is unlabelled). A byte-order mark is ignored; a column
+    name given twice is refused, since one of the two would silently be lost."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        columns = next(reader, [])
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:
+            raise ConfigError(f"{path.name}: column {', '.join(map(repr, twice))} appears more than once "
+                              "in the header")
         for name in [target, *([id_column] if id_column else []), *drop]:
             if name not in columns:
                 raise ConfigError(f"column {name!r} is not in {path.name} (columns: {', '.join(columns)})")
+        at = {c: i for i, c in enumerate(columns)}
         skip = {target, id_column, *drop}
-        features_of = [c for c in columns if c not in skip]
-        for number, row in enumerate(reader, start=1):
-            if None in row or any(v is None for v in row.values()):
-                yield BadRecord(number + 1, f"row has {len(row)} cells, the header {len(columns)}")
+        features_of = [(c, at[c]) for c in columns if c not in skip]
+        labels_seen: set[str] = set()
+        line, number = reader.line_num, 0  # the line the next record starts after; rows so far
+        for cells in reader:
+            first_line, line = line + 1, reader.line_num  # a quoted cell may span lines
+            if not cells:
+                continue  # a blank line is skipped, not bad
+            number += 1
+            if len(cells) != len(columns):
+                yield BadRecord(first_line, f"row has {len(cells)} cells, the header {len(columns)}")
                 continue
-            features = {c: _cell(row[c]) for c in features_of if row[c] != ""}
-            raw = row[target]
-            label = (raw == positive) if positive is not None else _label(raw)
-            event_id = row[id_column] if id_column else str(number)
-            yield Event(id=event_id, features=features, label=label, position=("file", 0, number + 1))
+            features = {c: _cell(cells[i]) for c, i in features_of if cells[i] != ""}
+            raw = cells[at[target]]
+            if len(labels_seen) < 20:
+                labels_seen.add(raw)
+            label = None if raw == "" else (raw == positive) if positive is not None else _label(raw)
+            event_id = cells[at[id_column]] if id_column else str(number)
+            yield Event(id=event_id, features=features, label=label, position=("file", 0, first_line))
+        if positive is not None and positive not in labels_seen and len(labels_seen) < 20:
+            seen = ", ".join(sorted(map(repr, labels_seen - {""}))) or "none"
+            warnings.append(f"--positive {positive!r} never appears in column {target!r} (values: {seen}): "
+                            "every label was false")
 
 
 def _cell(text: str) -> float | str:

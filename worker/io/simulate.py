@@ -235,18 +235,28 @@ def synthetic(generator: str, plan: DriftPlan, *, seed: int | None = 42, noise: 
 
 
 def from_file(path: Path, *, target: str | None = None, positive: str | None = None,
-              id_column: str | None = None, drop: Iterable[str] = ()) -> Iterator[tuple[dict, Any, Any]]:
+              id_column: str | None = None, drop: Iterable[str] = (),
+              notes: list[str] | None = None) -> Iterator[tuple[dict, Any, Any]]:
     """``(features, label, id or None)`` of each event row of a CSV (``target`` is the
-    label column) or JSONL file; bad rows are skipped, and so are a JSONL file's label
-    lines (``--labels topic`` sends each event's label, delayed). The id is the file's
-    own one only for JSONL events and CSVs with ``id_column``."""
+    label column) or JSONL file; bad rows are skipped (said in ``notes`` at the end, with
+    the reader's warnings), and so are a JSONL file's label lines (``--labels topic``
+    sends each event's label, delayed). The id is the file's own one only for JSONL
+    events and CSVs with ``id_column``."""
     from worker.core.types import Event
-    from worker.io.files import read_records
+    from worker.io.files import BadRecord, read_records
 
+    notes = notes if notes is not None else []
     keep_ids = id_column is not None or path.suffix.lower() != ".csv"
-    for record in read_records(path, target=target, id_column=id_column, drop=tuple(drop), positive=positive):
+    skipped, first = 0, None
+    for record in read_records(path, target=target, id_column=id_column, drop=tuple(drop), positive=positive,
+                               warnings=notes):
         if isinstance(record, Event):
             yield dict(record.features), record.label, record.id if keep_ids else None
+        elif isinstance(record, BadRecord):
+            skipped, first = skipped + 1, first or record
+    if first is not None:
+        notes.append(f"{skipped} bad rows of {path.name} skipped, the first at line {first.line}: "
+                     f"{first.reason}")
 
 
 def _features(x: dict) -> dict[str, Any]:
