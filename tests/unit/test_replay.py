@@ -322,3 +322,15 @@ def test_simulate_from_a_file_says_which_rows_it_skipped(tmp_path: Path) -> None
     rows = list(from_file(path, target="class", positive="UP", notes=notes))
     assert [label for _, label, _ in rows] == [True, False]
     assert notes == ["1 bad rows of ragged.csv skipped, the first at line 3: row has 1 cells, the header 2"]
+
+
+def test_csv_options_on_a_jsonl_file_are_refused_and_non_finite_cells_are_bad(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"id": "e1", "features": {"x": 1.0}, "label": true}\n')
+    with pytest.raises(ConfigError, match="are for CSV files; events.jsonl is read as JSONL"):
+        read_records(events, target="label")
+    path = tmp_path / "nan.csv"
+    path.write_text("x,class\n1,UP\nnan,UP\n-inf,DOWN\n")
+    records = list(read_records(path, target="class", positive="UP"))
+    assert [r.reason for r in records if isinstance(r, BadRecord)] == ["non-finite number 'nan'",
+                                                                       "non-finite number '-inf'"]

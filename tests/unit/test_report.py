@@ -83,6 +83,7 @@ def test_report_of_a_replay_folder(replay_dir: Path, tmp_path: Path) -> None:
     assert data["points"][-1]["challenger"]["fading"]["f1"] == last["challenger"]["fading"]["f1"]
     assert data["summary"]["promotions"] == summary["promotions"]
     assert data["summary"]["events"] == N
+    assert f'<b>{summary["bad"]}</b><span>bad inputs</span>' in page  # shown, not only in the data
 
     # markers: one per drift alarm, promotion, rollback and reset, at their labelled count
     marked = [(m["type"], m["labelled"]) for m in data["markers"]]

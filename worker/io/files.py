@@ -37,6 +37,9 @@ def read_records(path: Path, *, target: str | None = None, id_column: str | None
             raise ConfigError("a CSV file needs --target COLUMN (the label column)")
         return read_csv(path, target=target, id_column=id_column, drop=drop, positive=positive,
                         warnings=warnings if warnings is not None else [])
+    if target or id_column or drop or positive is not None:
+        raise ConfigError(f"--target, --id-column, --drop-column and --positive are for CSV files; "
+                          f"{path.name} is read as JSONL (one event per line), by its name")
     return read_jsonl(path)
 
 
@@ -82,7 +85,11 @@ def read_csv(path: Path, *, target: str, id_column: str | None, drop: Sequence[s
             if len(cells) != len(columns):
                 yield BadRecord(first_line, f"row has {len(cells)} cells, the header {len(columns)}")
                 continue
-            features = {c: _cell(cells[i]) for c, i in features_of if cells[i] != ""}
+            try:
+                features = {c: _cell(cells[i]) for c, i in features_of if cells[i] != ""}
+            except BadInputError as e:
+                yield BadRecord(first_line, str(e))
+                continue
             raw = cells[at[target]]
             if len(labels_seen) < 20:
                 labels_seen.add(raw)
@@ -96,11 +103,15 @@ def read_csv(path: Path, *, target: str, id_column: str | None, drop: Sequence[s
 
 
 def _cell(text: str) -> float | str:
+    """A number when the cell is one; a non-finite one (``nan``, ``inf``) is bad input,
+    as it is in JSON events, rather than a string that no numeric model can take."""
     try:
         value = float(text)
     except ValueError:
         return text
-    return value if math.isfinite(value) else text
+    if not math.isfinite(value):
+        raise BadInputError(f"non-finite number {text.strip()!r}")
+    return value
 
 
 def _label(text: str) -> bool | str | None:

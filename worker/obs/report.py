@@ -554,7 +554,7 @@ def render_html(data: ReportData, *, title: str = "worker report", png_name: str
     """The whole page: summary, the accuracy and F1 charts, versions, lifecycle, data."""
     e = html.escape
     s = data.summary
-    cards = [("events", s.get("events")), ("labelled", s.get("labelled")),
+    cards = [("events", s.get("events")), ("labelled", s.get("labelled")), ("bad inputs", s.get("bad")),
              ("champion", _v(s.get("champion"))), ("challenger", _v(s.get("challenger"))),
              ("promotions", s.get("promotions")), ("rollbacks", s.get("rollbacks")),
              ("challenger resets", s.get("challenger_resets")), ("drift alarms", s.get("drift_alarms")),
