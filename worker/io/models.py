@@ -120,8 +120,17 @@ class Catalog:
         chunks of versions it does not serve: :meth:`keep_chunks_of`)."""
         raw = self._latest.get(f"v{version}".encode())
         manifest = None if raw is None else _parse_manifest(raw)
-        return manifest is not None and all(
-            self._latest.get(f"v{version}/{i}".encode()) is not None for i in range(manifest["chunks"]))
+        return manifest is not None and self._chunks(version, manifest["chunks"]) is not None
+
+    def _chunks(self, version: int, count: int) -> list[bytes] | None:
+        """The ``count`` chunks of ``version``, or None from the first missing one on
+        (however many a manifest says: a foreign one may say a billion)."""
+        parts = []
+        for i in range(count):
+            if (part := self._latest.get(f"v{version}/{i}".encode())) is None:
+                return None
+            parts.append(part)
+        return parts
 
     def load(self, version: int, secret: bytes | Sequence[bytes]) -> Any:
         """The model of ``version``; a missing, incomplete, tampered or foreign one
@@ -136,11 +145,9 @@ class Catalog:
         parsed = _parse_manifest(manifest)
         if parsed is None:
             raise SnapshotError(f"version {version} on the models topic has a malformed manifest")
-        parts = []
-        for i in range(parsed["chunks"]):  # stops at the first missing one, however many it says
-            if (part := self._latest.get(f"v{version}/{i}".encode())) is None:
-                raise SnapshotError(f"version {version} on the models topic is missing chunks")
-            parts.append(part)
+        parts = self._chunks(version, parsed["chunks"])
+        if parts is None:
+            raise SnapshotError(f"version {version} on the models topic is missing chunks")
         return state.load(join_chunks(parts), secret)
 
 

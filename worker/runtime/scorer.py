@@ -185,7 +185,8 @@ class ModelFeed:
         versions = {served.version for served in (self.champion, self.challenger) if served is not None}
         if versions:
             self._catalog.keep_chunks_of(versions)
-        self._failed = {v: m for v, m in self._failed.items() if v in (champion, challenger)}
+        if self._failed:  # only what is still wanted
+            self._failed = {v: m for v, m in self._failed.items() if v in (champion, challenger)}
 
     def _load(self, version: int, served: Served | None, role: str) -> Served | None:
         """``served`` when it is ``version``'s latest publication, else that one loaded.
