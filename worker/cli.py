@@ -105,14 +105,14 @@ def replay_command(file: Path, target, positive, id_column, drop, out_dir: Path,
                    config_path, **engine_flags) -> None:
     """Run the engine over FILE (JSONL events, or CSV with --target) and write what happened."""
     from worker.core.engine import Engine
-    from worker.io.files import read_records
+    from worker.io.files import count_lines, read_records
     from worker.runtime.replay import replay
 
     engine = Engine(engine_config(config_path, **engine_flags))
     warnings: list[str] = []
     records = read_records(file, target=target, id_column=id_column, drop=drop, positive=positive,
                            warnings=warnings)
-    with click.progressbar(length=_count_lines(file), label=f"replay {file.name}", file=sys.stderr) as bar:
+    with click.progressbar(length=count_lines(file), label=f"replay {file.name}", file=sys.stderr) as bar:
         summary = replay(records, engine, out_dir, timeline_every=timeline_every,
                          on_record=lambda: bar.update(1))
     brief = {k: v for k, v in summary.items() if k not in ("models", "bad_examples", "pending")}
@@ -130,11 +130,6 @@ def replay_command(file: Path, target, positive, id_column, drop, out_dir: Path,
                         "that encodes them: see the README)")
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
-
-
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 # ------------------------------------------------------------------------------- worker run
@@ -530,6 +525,7 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
     import uuid
 
     from worker.io import simulate as sim
+    from worker.io.files import count_lines, is_csv
     from worker.io.topics import require_topics
     from worker.settings import KafkaSettings, parse_kafka_config
 
@@ -543,7 +539,7 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
             raise click.UsageError("--drift-* options apply to generators; a file drifts by itself")
         source = sim.from_file(file, target=target, positive=positive, id_column=id_column, drop=drop,
                                notes=notes)
-        total = events or max(_count_lines(file) - (file.suffix.lower() == ".csv"), 0)
+        total = events or max(count_lines(file) - is_csv(file), 0)
         what = file.name
     else:
         try:

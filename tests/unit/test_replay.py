@@ -334,3 +334,29 @@ def test_csv_options_on_a_jsonl_file_are_refused_and_non_finite_cells_are_bad(tm
     records = list(read_records(path, target="class", positive="UP"))
     assert [r.reason for r in records if isinstance(r, BadRecord)] == ["non-finite number 'nan'",
                                                                        "non-finite number '-inf'"]
+
+
+@pytest.mark.parametrize("suffix, opener", [(".gz", "gzip"), (".bz2", "bz2"), (".xz", "lzma")])
+def test_a_compressed_file_gives_the_records_of_the_plain_one(jsonl_file: Path, csv_file: Path,
+                                                              tmp_path: Path, suffix: str,
+                                                              opener: str) -> None:
+    module = __import__(opener)
+    for plain, options in ((jsonl_file, {}), (csv_file, {"target": "outcome", "positive": "yes"})):
+        packed = tmp_path / (plain.name + suffix)
+        with module.open(packed, "wb") as f:
+            f.write(plain.read_bytes())
+        assert list(read_records(packed, **options)) == list(read_records(plain, **options))
+
+
+def test_a_truncated_compressed_file_is_one_clear_error(jsonl_file: Path, tmp_path: Path) -> None:
+    """The command line counts the lines first (for its progress bar), so it stops before replaying."""
+    import gzip
+
+    data = gzip.compress(jsonl_file.read_bytes())
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match="cut.jsonl.gz cannot be read to its end"):
+        list(read_records(cut))
+    done = run_cli(cut, "--out", tmp_path / "out")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("worker: configuration error: cut.jsonl.gz cannot")

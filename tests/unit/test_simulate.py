@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 from collections import Counter
 from pathlib import Path
@@ -146,6 +147,9 @@ def test_csv_source(tmp_path: Path) -> None:
                     ({"b": "z"}, True, None)]
     out = list(messages(iter(rows), id_prefix="c", entities=0))
     assert [m.value["id"] for m in out] == ["c0", "c1", "c2"]
+    packed = tmp_path / "data.csv.gz"  # a CSV by its name under the compression suffix: no ids either
+    packed.write_bytes(gzip.compress(csv.read_bytes()))
+    assert list(from_file(packed, target="class", positive="UP", drop=["ignored"])) == rows
     with_ids = tmp_path / "ids.csv"
     with_ids.write_text("id,a,class\nrow-7,1,true\n")
     rows = list(from_file(with_ids, target="class", id_column="id"))

@@ -2,21 +2,30 @@
 
 Each record becomes the same plain objects the Kafka edge produces (`Event`, `Label`),
 or a `BadRecord` that the caller counts and reports — a bad line never stops a replay.
+A file compressed with gzip, bzip2 or xz (`events.jsonl.gz`, `data.csv.xz`) is read as it
+streams, so an archived day of traffic replays without unpacking it first.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
+import lzma
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TypeVar
 
 from worker.core.types import Event, Label
 from worker.errors import BadInputError, ConfigError
 from worker.io.codec import decode_record
 
 Record = Event | Label
+T = TypeVar("T")
+COMPRESSED: dict[str, Callable[[Path], IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +41,7 @@ def read_records(path: Path, *, target: str | None = None, id_column: str | None
     worth a warning but not a bad row (a ``--positive`` never seen) goes to ``warnings``."""
     if not path.exists():
         raise ConfigError(f"no such file: {path}")
-    if path.suffix.lower() == ".csv":
+    if is_csv(path):
         if not target:
             raise ConfigError("a CSV file needs --target COLUMN (the label column)")
         return read_csv(path, target=target, id_column=id_column, drop=drop, positive=positive,
@@ -43,11 +52,39 @@ def read_records(path: Path, *, target: str | None = None, id_column: str | None
     return read_jsonl(path)
 
 
+def is_csv(path: Path) -> bool:
+    """A file is CSV by its name (`.csv`, also under a compression suffix), else JSONL."""
+    name = path.name.lower()
+    if path.suffix.lower() in COMPRESSED:
+        name = name[: -len(path.suffix)]
+    return name.endswith(".csv")
+
+
+def open_bytes(path: Path) -> IO[bytes]:
+    """The file's bytes, decompressed when its name ends in `.gz`, `.bz2` or `.xz`."""
+    return COMPRESSED.get(path.suffix.lower(), Path.open)(path, "rb")
+
+
+def count_lines(path: Path) -> int:
+    """Lines in the (decompressed) file, for a progress bar."""
+    with open_bytes(path) as f:
+        return sum(chunk.count(b"\n") for chunk in _read_through(iter(lambda: f.read(1 << 20), b""), path))
+
+
+def _read_through(parts: Iterable[T], path: Path) -> Iterator[T]:
+    """The lines or blocks of a file; a damaged or truncated compressed file is a clear
+    error, not a traceback half-way through a replay."""
+    try:
+        yield from parts
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise ConfigError(f"{path.name} cannot be read to its end: {e or 'truncated'}") from None
+
+
 def read_jsonl(path: Path) -> Iterator[Record | BadRecord]:
     """One JSON object per line: an event (`id`, `features`, optional `label`, `ts`, `key`),
     or a delayed label (`id`, `label`, no `features`)."""
-    with path.open("rb") as f:
-        for number, line in enumerate(f, start=1):
+    with open_bytes(path) as f:
+        for number, line in enumerate(_read_through(f, path), start=1):
             line = line.rstrip(b"\r\n")
             try:  # one JSON parse per line: decode_record tells events from labels
                 yield decode_record(line, ("file", 0, number))
@@ -62,8 +99,8 @@ def read_csv(path: Path, *, target: str, id_column: str | None, drop: Sequence[s
     dropped ones is a feature; numbers become floats, empty cells are missing (an empty
     target cell too: the event is unlabelled). A byte-order mark is ignored; a column
     name given twice is refused, since one of the two would silently be lost."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
+    with open_bytes(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(_read_through(f, path))
         columns = next(reader, [])
         twice = sorted({c for c in columns if columns.count(c) > 1})
         if twice:

@@ -243,10 +243,10 @@ def from_file(path: Path, *, target: str | None = None, positive: str | None = N
     sends each event's label, delayed). The id is the file's own one only for JSONL
     events and CSVs with ``id_column``."""
     from worker.core.types import Event
-    from worker.io.files import BadRecord, read_records
+    from worker.io.files import BadRecord, is_csv, read_records
 
     notes = notes if notes is not None else []
-    keep_ids = id_column is not None or path.suffix.lower() != ".csv"
+    keep_ids = id_column is not None or not is_csv(path)
     skipped, first = 0, None
     for record in read_records(path, target=target, id_column=id_column, drop=tuple(drop), positive=positive,
                                warnings=notes):
