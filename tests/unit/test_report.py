@@ -212,6 +212,22 @@ def test_an_a_b_section_with_missing_values_still_renders() -> None:
     assert "Traffic split now: – %" in page, "a release that wrote no split"
 
 
+def test_a_version_never_scored_has_no_metrics_in_the_versions_table_not_zeros() -> None:
+    """A status report taken when a challenger had just been created names it with n = 0."""
+    engine = Engine(EngineConfig(warmup_labels=20))
+    for i in range(20):
+        engine.process(Event(id=f"e{i}", features={"x": i / 20}, label=i % 2 == 0))
+    engine.apply(Command(type="status", command_id="now"))
+    log = [orjson.loads(encode_lifecycle(e)) for e in engine.take_lifecycle()]
+    data = report.load_control(log)
+    fresh = next(v for v in data.versions if v["version"] == engine.challenger)
+    assert (fresh["labelled"], fresh.get("accuracy"), fresh.get("f1")) == (0, None, None)
+    page = report.render_html(data)
+    row = next(r for r in page.splitlines() if r.startswith('<tr class="role-challenger">'))
+    assert row.endswith('<td class="num">0</td><td class="num">–</td><td class="num">–</td></tr>'), row
+    assert "as of the last status report" in page
+
+
 def test_control_log_without_status_reports_still_has_markers_and_a_note() -> None:
     log, engine = control_log(n=6000, status_every=10**9)
     data = report.load_control(log)

@@ -61,6 +61,7 @@ class ReportData:
     events: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    versions_note: str = ""  # where the versions table's metrics come from, when not obvious
     # the A/B comparison of served traffic (arm → view → metrics), once a split was set
     arms: dict[str, dict[str, dict[str, Any]]] | None = None
     split: float | None = None
@@ -123,11 +124,10 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
                                  "events": counts.get("events")}
         for role, model in status.get("models", {}).items():
             metrics = model.get("metrics", {})
+            cumulative = metrics.get("cumulative", {})
             lineage[model["version"]] = {**lineage.get(model["version"], {}),
                                          **{k: v for k, v in model.items() if k != "metrics"},
-                                         "accuracy": metrics.get("cumulative", {}).get("accuracy"),
-                                         "f1": metrics.get("cumulative", {}).get("f1"),
-                                         "labelled": metrics.get("cumulative", {}).get("n")}
+                                         **_values(cumulative), "labelled": cumulative.get("n")}
             if role in ROLES:
                 point[role] = {"version": model["version"], **{v: _values(metrics.get(v, {})) for v in VIEWS}}
         for role in ROLES:
@@ -162,6 +162,8 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
     elif len(data.points) < 3:
         data.notes.append("Few status reports on the control topic, so few points over time: the worker "
                           "writes one every `status_interval_s` (60 s) and one per `status` command.")
+    data.versions_note = ("Accuracy and F1 of a version as of the last status report that named it: a former "
+                          "champion's stop where it was replaced.")
     _blank_unscored(data)
     return data
 
@@ -575,7 +577,9 @@ def render_html(data: ReportData, *, title: str = "worker report", png_name: str
         render_svg(chart(data, "accuracy")),
         render_svg(chart(data, "f1")),
         *_arms_section(data),
-        "<h2>Versions and lineage</h2>", _versions_table(data.versions),
+        "<h2>Versions and lineage</h2>",
+        *([f'<div class="sub">{e(data.versions_note)}</div>'] if data.versions_note else []),
+        _versions_table(data.versions),
         "<h2>Lifecycle</h2>", _events_table(data.events),
         '<script type="application/json" id="report-data">'
         + json.dumps(asdict(data), default=str).replace("</", "<\\/") + "</script>",
