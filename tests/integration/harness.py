@@ -118,7 +118,7 @@ def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now, for a process to listen on soon.
 
     Taken from 20000-28999, below the ephemeral range (32768+ on Linux) and the outage
-    tests' brokers (29092+): a port the kernel hands out (``bind(0)``) may be given to
+    tests' brokers (29000+): a port the kernel hands out (``bind(0)``) may be given to
     an outgoing connection — a Kafka client of a parallel test — before the process
     binds it. Never the same port twice in one test process."""
     rng = random.Random()

@@ -6,7 +6,8 @@ disturbs no other test.
 
 from __future__ import annotations
 
-import os
+import random
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -28,10 +29,33 @@ from tests.integration.harness import (
 )
 from tests.integration.test_worker_exactly_once import drifting_event, steady_producer
 
-# Below the ephemeral port range (32768+), so no outgoing connection holds it; one per
-# pytest-xdist process (gw0, gw1, …), since these tests stop and start their broker.
-PORT = 29_092 + 10 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 pytestmark = pytest.mark.slow
+
+
+class OwnBroker:
+    """A broker of the test's own, which it may stop and start: on a port pair (broker,
+    controller = port + 1) free when the test starts, between the other tests' ports
+    (`free_port`: below 29000) and the ephemeral range (32768+), so that no outgoing
+    connection holds it and two test sessions on one machine do not share it."""
+
+    def __init__(self) -> None:
+        pairs = range(29_000, 32_700, 2)
+        self.port = next(p for p in random.sample(pairs, len(pairs)) if _free(p) and _free(p + 1))
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def run(self, command: str, *args: str) -> None:
+        out = subprocess.run([sys.executable, str(KAFKA_LOCAL), command, "--port", str(self.port), *args],
+                             capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def readyz(port: int) -> int:
@@ -42,23 +66,18 @@ def readyz(port: int) -> int:
         return e.code
 
 
-def kafka_local(command: str, *args: str) -> None:
-    out = subprocess.run([sys.executable, str(KAFKA_LOCAL), command, "--port", str(PORT), *args],
-                         capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
 @pytest.fixture
-def own_broker() -> Iterator[str]:
-    kafka_local("start")
+def own_broker() -> Iterator[OwnBroker]:
+    broker = OwnBroker()
+    broker.run("start")
     try:
-        yield f"127.0.0.1:{PORT}"
+        yield broker
     finally:
-        kafka_local("stop", "--delete")  # its data, config and log: nothing left on a dev clone
+        broker.run("stop", "--delete")  # its data, config and log: nothing left on a dev clone
 
 
 def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
-    bootstrap, prefix = own_broker, unique("outage") + "."
+    bootstrap, prefix = own_broker.bootstrap, unique("outage") + "."
     create_all_topics(bootstrap, prefix, partitions=2)
     port = free_port()
     worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", "--metrics-port", str(port))
@@ -72,11 +91,11 @@ def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
         return len(predicted_ids(bootstrap, prefix))
 
     wait_until(lambda: served() > 3000, 60, "predictions before the outage")
-    kafka_local("stop")
+    own_broker.run("stop")
     wait_until(lambda: "waiting for the broker" in worker.log(), 60, "the worker to report the outage")
     wait_until(lambda: readyz(port) == 503, 60, "/readyz to say the worker is not ready")
     assert worker.proc.poll() is None, "the worker must wait for the broker, not exit"
-    kafka_local("start")
+    own_broker.run("start")
     sender.join(180)
     try:
         wait_until(lambda: served() >= total, 180, f"{total} predictions after the restart", interval_s=1)
@@ -93,7 +112,7 @@ def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
 def test_a_trainer_and_a_scorer_survive_a_broker_restart(own_broker, unique, tmp_path):
     """Scale-out (ARCHITECTURE.md §5) under the same outage: the scorer waits for the
     broker, then goes on from its last commit; every event is predicted once."""
-    bootstrap, prefix = own_broker, unique("outage-scale") + "."
+    bootstrap, prefix = own_broker.bootstrap, unique("outage-scale") + "."
     create_all_topics(bootstrap, prefix, partitions=2)
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer",
                             "--warmup-labels", "200")
@@ -110,10 +129,10 @@ def test_a_trainer_and_a_scorer_survive_a_broker_restart(own_broker, unique, tmp
             return len(predicted_ids(bootstrap, prefix))
 
         wait_until(lambda: served() > 3000, 60, "predictions before the outage")
-        kafka_local("stop")
+        own_broker.run("stop")
         wait_until(lambda: "waiting for the broker" in scorer.log(), 60, "the scorer to report the outage")
         assert scorer.proc.poll() is None, "the scorer must wait for the broker, not exit"
-        kafka_local("start")
+        own_broker.run("start")
         sender.join(180)
         wait_until(lambda: served() >= total, 180, f"{total} predictions after the restart", interval_s=1)
         ids = Counter(predicted_ids(bootstrap, prefix))

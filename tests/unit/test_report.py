@@ -240,8 +240,8 @@ def test_control_log_without_status_reports_still_has_markers_and_a_note() -> No
 # ----------------------------------------------------------------------------- in a browser
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (scripts/test installs Debian's)")
 def test_page_in_headless_chromium(replay_dir: Path, tmp_path: Path) -> None:
+    assert CHROMIUM.exists(), "no /usr/bin/chromium: scripts/test installs it (apt-get install chromium)"
     page = tmp_path / "report.html"
     report.write_report(report.load_replay(replay_dir), page)
     shot = tmp_path / "shot.png"

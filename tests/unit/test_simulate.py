@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import itertools
 from collections import Counter
@@ -11,6 +12,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from tests.datasets import ELEC2
 from worker.cli import cli
 from worker.errors import ConfigError
 from worker.io import codec
@@ -140,15 +142,15 @@ def test_events_zero_is_endless() -> None:
 
 
 def test_csv_source(tmp_path: Path) -> None:
-    csv = tmp_path / "data.csv"
-    csv.write_text("a,b,class,ignored\n1.5,x,UP,9\n2.5,y,DOWN,9\n,z,UP,9\n")
-    rows = list(from_file(csv, target="class", positive="UP", drop=["ignored"]))
+    data = tmp_path / "data.csv"
+    data.write_text("a,b,class,ignored\n1.5,x,UP,9\n2.5,y,DOWN,9\n,z,UP,9\n")
+    rows = list(from_file(data, target="class", positive="UP", drop=["ignored"]))
     assert rows == [({"a": 1.5, "b": "x"}, True, None), ({"a": 2.5, "b": "y"}, False, None),
                     ({"b": "z"}, True, None)]
     out = list(messages(iter(rows), id_prefix="c", entities=0))
     assert [m.value["id"] for m in out] == ["c0", "c1", "c2"]
     packed = tmp_path / "data.csv.gz"  # a CSV by its name under the compression suffix: no ids either
-    packed.write_bytes(gzip.compress(csv.read_bytes()))
+    packed.write_bytes(gzip.compress(data.read_bytes()))
     assert list(from_file(packed, target="class", positive="UP", drop=["ignored"])) == rows
     with_ids = tmp_path / "ids.csv"
     with_ids.write_text("id,a,class\nrow-7,1,true\n")
@@ -156,12 +158,12 @@ def test_csv_source(tmp_path: Path) -> None:
     assert [m.value["id"] for m in messages(iter(rows))] == ["row-7"]
 
 
-def test_elec2_csv_if_present() -> None:
-    elec2 = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "elec2.csv"
-    if not elec2.exists():
-        pytest.skip(f"{elec2} not found")
-    rows = list(itertools.islice(from_file(elec2, target="class", positive="UP"), 100))
-    assert len(rows) == 100 and {label for _x, label, _id in rows} <= {True, False}
+def test_elec2_csv_labels_follow_positive() -> None:
+    rows = list(itertools.islice(from_file(ELEC2, target="class", positive="UP"), 100))
+    with ELEC2.open(newline="") as f:
+        expected = [row["class"] == "UP" for row in itertools.islice(csv.DictReader(f), 100)]
+    assert [label for _x, label, _id in rows] == expected
+    assert set(expected) == {True, False}
 
 
 def test_cli_refuses_bad_options_before_touching_kafka() -> None:
