@@ -24,7 +24,7 @@ from worker.io.codec import encode_command, encode_lifecycle
 from worker.io.files import read_records
 from worker.io.simulate import DriftPlan, messages, synthetic
 from worker.obs import report
-from worker.obs.png import read_png
+from worker.obs.png import Canvas, read_png
 
 N = 12_000
 CHROMIUM = Path("/usr/bin/chromium")
@@ -122,6 +122,22 @@ def test_png_of_the_main_chart(replay_dir: Path, tmp_path: Path) -> None:
     assert sum(n for c, n in colours.items() if c != (255, 255, 255)) > 5000
     assert colours.get(BLUE, 0) > 500 and colours.get(ORANGE, 0) > 500  # champion, challenger
     assert colours.get(GREEN, 0) > 100  # a promotion marker
+
+
+def test_text_past_the_right_edge_is_clipped_not_wrapped_to_the_next_row() -> None:
+    canvas = Canvas(40, 20)
+    canvas.text(36, 5, "wide text", (0, 0, 0))
+    _w, _h, rows = read_png(canvas.png())
+    assert all(pixel == (255, 255, 255) for row in rows for pixel in row[:30])
+
+
+def test_marker_labels_stay_inside_the_chart() -> None:
+    data = report.ReportData(source="test", points=[{"labelled": 0, "champion": None, "challenger": None},
+                                                    {"labelled": 1000, "champion": None, "challenger": None}],
+                             markers=[{"labelled": 995, "type": "promoted", "text": "v8→v9 a long label",
+                                       "title": "t"}])
+    frame = report._Frame(report.chart(data, "accuracy"), 1200, 600, top=106)
+    assert frame.marker_rows(6) == [None], "no room left of the edge: tooltip only"
 
 
 def test_a_model_without_labels_yet_is_a_gap_not_a_zero(replay_dir: Path) -> None:

@@ -59,8 +59,10 @@ class Canvas:
 
     def rect(self, x0: int, y0: int, x1: int, y1: int, color: Color) -> None:
         """Fill the rectangle with corners (x0, y0) and (x1, y1), both included."""
-        x0, x1 = sorted((max(0, x0), min(self.width - 1, x1)))
-        y0, y1 = sorted((max(0, y0), min(self.height - 1, y1)))
+        (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))
+        x0, x1, y0, y1 = max(0, x0), min(self.width - 1, x1), max(0, y0), min(self.height - 1, y1)
+        if x0 > x1 or y0 > y1:
+            return  # outside the canvas: a row written past the right edge would wrap to the next
         row = bytes(color) * (x1 - x0 + 1)
         for y in range(y0, y1 + 1):
             i = 3 * (y * self.width + x0)

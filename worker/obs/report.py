@@ -416,14 +416,16 @@ class _Frame:
         return self.y1 - (self.y1 - self.y0) * (value - self.lo) / (self.hi - self.lo)
 
     def marker_rows(self, char_px: float, rows: int = 4) -> list[int | None]:
-        """Label row of each marker (None: no room, tooltip only), so labels don't overlap."""
+        """Label row of each marker (None: no room, tooltip only), so labels neither overlap nor
+        run off the right edge."""
         ends = [-1e9] * rows
         out: list[int | None] = []
         for m in self.chart.markers:
             x = self.x(m["labelled"])
-            row = next((r for r in range(rows) if x > ends[r] + 4), None)
+            end = x + len(m["text"]) * char_px
+            row = next((r for r in range(rows) if x > ends[r] + 4), None) if end <= self.width else None
             if row is not None:
-                ends[row] = x + len(m["text"]) * char_px
+                ends[row] = end
             out.append(row)
         return out
 
