@@ -524,6 +524,13 @@ def test_missing_or_malformed_signature_is_false(signature):
     assert verify_command(fields, SECRET) is False
 
 
+def test_a_deeply_nested_field_is_a_bad_signature_not_an_exception():
+    """orjson reads nesting up to 1024 levels; the stdlib JSON that signatures cover would
+    overflow Python's stack, which killed a worker requiring signed commands (on every restart)."""
+    value = b'{"type":"status","command_id":"c1","signature":"00","x":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    assert verify_command(decode_command(value)[1], SECRET) is False
+
+
 def test_uppercase_hex_signature_is_accepted():
     fields = {"type": "snapshot", "command_id": "c-2"}
     fields["signature"] = sign_command(fields, SECRET).upper()

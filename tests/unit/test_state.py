@@ -224,8 +224,9 @@ def test_garbage_is_refused(no_unpickle, data, message):
         state.load(data, SECRET)
 
 
-def test_corrupt_header_json_is_refused(no_unpickle):
-    blob = state.MAGIC + b"ab" * 32 + b"\n" + b"{not json\n" + b"payload"
+@pytest.mark.parametrize("header", [b"{not json", b"[" * 200_000], ids=["not-json", "deeply-nested"])
+def test_corrupt_header_json_is_refused(no_unpickle, header):
+    blob = state.MAGIC + b"ab" * 32 + b"\n" + header + b"\n" + b"payload"
     with pytest.raises(SnapshotError, match="corrupt snapshot header"):
         state.load(blob, SECRET)
     with pytest.raises(SnapshotError, match="corrupt snapshot header"):

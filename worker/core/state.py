@@ -137,8 +137,8 @@ def _parse(data: bytes) -> tuple[bytes, bytes, dict, bytes]:
     header_line = data[start : header_end + 1]
     try:
         header = json.loads(header_line)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise SnapshotError(f"corrupt snapshot header: {exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # read before the signature is checked
+        raise SnapshotError(f"corrupt snapshot header: {exc}") from None
     if not isinstance(header, dict):
         raise SnapshotError("corrupt snapshot header: not a JSON object")
     return signature, header_line, header, data[header_end + 1 :]

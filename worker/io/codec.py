@@ -662,5 +662,5 @@ def _canonical(fields: dict[str, Any]) -> bytes:
             allow_nan=False,
         )
         return body.encode("utf-8")
-    except (TypeError, ValueError) as exc:  # NaN, unserialisable value, lone surrogate
+    except (TypeError, ValueError, RecursionError) as exc:  # NaN, unserialisable, lone surrogate, deep
         raise BadInputError(f"command cannot be signed: {exc}") from None
