@@ -290,6 +290,19 @@ def test_missing_chunk_is_detected():
         join_chunks([])
 
 
+def test_a_chunk_header_claiming_billions_of_chunks_is_refused_at_once():
+    """The count in a chunk header is not signed: walking range(count) ran out of memory."""
+    import struct
+    import time
+
+    part = split_chunks(b"payload", 100)[0]
+    forged = part[:25] + struct.pack(">I", 2**32 - 1) + part[29:]  # the count field of the header
+    began = time.monotonic()
+    with pytest.raises(SnapshotError, match=r"missing chunk\(s\) \[1, 2, .*\]\.\.\. of 4294967295"):
+        join_chunks([forged])
+    assert time.monotonic() - began < 1
+
+
 def test_duplicate_chunk_is_tolerated_conflicting_one_is_not():
     parts = split_chunks(b"q" * 500, 100)
     assert join_chunks(parts + parts[:2]) == b"q" * 500

@@ -53,6 +53,10 @@ from worker.core.registry import ModelVersion
 from worker.errors import SnapshotError
 from worker.io.kafka import read_range, reader
 
+# A manifest is not signed (its model is): one naming more chunks than any real model
+# has (1 MB each: 100 GB) is not a worker's, and must not make one write a tombstone per chunk.
+MAX_CHUNKS = 100_000
+
 
 def model_messages(mv: ModelVersion, secret: bytes, *, chunk_bytes: int,
                    published_labelled: int, learning: bool = False) -> list[tuple[bytes, bytes]]:
@@ -81,11 +85,12 @@ class Catalog:
             self._latest[key] = value
 
     def manifests(self) -> list[dict[str, Any]]:
-        """Every published version's manifest, by version (a malformed one is skipped: not
-        written by a worker, it must not stop one)."""
-        found = [_parse_manifest(value) for key, value in self._latest.items()
+        """Every published version's manifest, by version (a malformed one, or one under
+        another version's key, is skipped: not written by a worker, it must not stop one)."""
+        found = [(_version_of(key), _parse_manifest(value)) for key, value in self._latest.items()
                  if value is not None and b"/" not in key and key.startswith(b"v")]
-        return sorted((m for m in found if m is not None), key=lambda m: m["version"])
+        ours = (m for v, m in found if m is not None and m["version"] == v)  # v3's manifest names v3
+        return sorted(ours, key=lambda m: m["version"])
 
     def published(self, version: int) -> bool:
         return self._latest.get(f"v{version}".encode()) is not None
@@ -118,9 +123,14 @@ class Catalog:
     def has_chunks(self, version: int) -> bool:
         """Whether every chunk ``version``'s manifest names is here (a follower forgets the
         chunks of versions it does not serve: :meth:`keep_chunks_of`)."""
+        manifest = self._parsed(version)
+        return manifest is not None and self._chunks(version, manifest["chunks"]) is not None
+
+    def _parsed(self, version: int) -> dict[str, Any] | None:
+        """``version``'s manifest, when there is one a worker wrote."""
         raw = self._latest.get(f"v{version}".encode())
         manifest = None if raw is None else _parse_manifest(raw)
-        return manifest is not None and self._chunks(version, manifest["chunks"]) is not None
+        return manifest if manifest is not None and manifest["version"] == version else None
 
     def _chunks(self, version: int, count: int) -> list[bytes] | None:
         """The ``count`` chunks of ``version``, or None from the first missing one on
@@ -142,7 +152,7 @@ class Catalog:
         if manifest is None:
             known = ", ".join(str(m["version"]) for m in self.manifests()) or "none"
             raise SnapshotError(f"version {version} is not on the models topic (published: {known})")
-        parsed = _parse_manifest(manifest)
+        parsed = self._parsed(version)
         if parsed is None:
             raise SnapshotError(f"version {version} on the models topic has a malformed manifest")
         parts = self._chunks(version, parsed["chunks"])
@@ -183,7 +193,7 @@ def _parse_manifest(value: bytes) -> dict[str, Any] | None:
         return None
     version, chunks = manifest.get("version"), manifest.get("chunks")
     ints = all(isinstance(n, int) and not isinstance(n, bool) for n in (version, chunks))
-    return manifest if ints and chunks >= 1 else None
+    return manifest if ints and 1 <= chunks <= MAX_CHUNKS else None
 
 
 def _version_of(key: bytes) -> int:

@@ -82,26 +82,48 @@ class KafkaCheckpoints:
         latest: dict[bytes, bytes | None] = {}
         for msg in read_range(client, self.topic, 0, 0):
             latest[msg.key()] = msg.value()
-        live = {k: v for k, v in latest.items() if v is not None}
+        return self.parse(latest)
+
+    def parse(self, latest: dict[bytes, bytes | None]) -> Loaded:
+        """What the topic's last record per key says to recover. The records are not signed
+        (the snapshot is): a foreign or damaged one is one clear error, not a traceback."""
+        try:
+            return self._recovery({k: v for k, v in latest.items() if v is not None})
+        except (KeyError, ValueError, TypeError, AttributeError) as e:  # orjson's errors are ValueErrors
+            raise SnapshotError(f"{self.topic} holds a record no worker wrote ({type(e).__name__}: {e}); "
+                                "is another application writing to it?") from None
+
+    def _recovery(self, live: dict[bytes, bytes]) -> Loaded:
         loaded = Loaded(instance=live[b"instance"].decode() if b"instance" in live else None)
         progress = {int(k.split(b":")[1]): orjson.loads(v) for k, v in live.items()
                     if k.startswith(b"progress:")}
         if b"manifest" in live:
             manifest = orjson.loads(live[b"manifest"])
-            parts = [live.get(f"chunk:{i}".encode()) for i in range(manifest["chunks"])]
+            count = manifest["chunks"]
+            if not isinstance(count, int) or not 0 < count <= len(live):  # never walk a forged range
+                raise SnapshotError(f"the snapshot on {self.topic} is missing chunks ({count} named)")
+            parts = [live.get(f"chunk:{i}".encode()) for i in range(count)]
             if any(p is None for p in parts):
                 raise SnapshotError(f"the snapshot on {self.topic} is missing chunks")
             loaded.snapshot = join_chunks(parts)
-            loaded.after_progress = manifest["after_progress"]
-            self._chunks = manifest["chunks"]
+            loaded.after_progress = int(manifest["after_progress"])
+            self._chunks = count
         for seq in sorted(progress):
             key = f"progress:{seq}".encode()
             if seq > loaded.after_progress:
-                loaded.runs.extend(tuple(run) for run in progress[seq]["runs"])
+                loaded.runs.extend(_run(run) for run in progress[seq]["runs"])
             self._since_snapshot.append(key)
         loaded.next_seq = max([loaded.after_progress, *progress]) + 1
         self.next_seq = loaded.next_seq
         return loaded
+
+
+def _run(run: list[Any]) -> Run:
+    topic, partition, first, last = run
+    whole = all(type(n) is int for n in (partition, first, last))
+    if not (isinstance(topic, str) and whole and 0 <= first <= last):
+        raise ValueError(f"not an input range: {run!r}")
+    return topic, partition, first, last
 
 
 class LocalCheckpoints:
