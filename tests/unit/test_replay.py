@@ -330,10 +330,11 @@ def test_csv_options_on_a_jsonl_file_are_refused_and_non_finite_cells_are_bad(tm
     with pytest.raises(ConfigError, match="are for CSV files; events.jsonl is read as JSONL"):
         read_records(events, target="label")
     path = tmp_path / "nan.csv"
-    path.write_text("x,class\n1,UP\nnan,UP\n-inf,DOWN\n")
+    path.write_text("x,class\n1,UP\nnan,UP\n-inf,DOWN\n1e300,UP\n")
     records = list(read_records(path, target="class", positive="UP"))
-    assert [r.reason for r in records if isinstance(r, BadRecord)] == ["non-finite number 'nan'",
-                                                                       "non-finite number '-inf'"]
+    assert [r.reason for r in records if isinstance(r, BadRecord)] == [
+        "non-finite number 'nan'", "non-finite number '-inf'",
+        "number '1e300' is larger than 1e+100 in magnitude"]
 
 
 @pytest.mark.parametrize("suffix, opener", [(".gz", "gzip"), (".bz2", "bz2"), (".xz", "lzma")])

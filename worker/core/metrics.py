@@ -126,7 +126,7 @@ def _losses(scored: list[tuple[Any, Any, Any]], binary: bool) -> list[float | No
             p = proba.get(True, 0.0)
             if p > _P_MAX:  # max(min(p, _P_MAX), _P_MIN), without the calls
                 p = _P_MAX
-            elif p < _P_MIN:
+            elif not p >= _P_MIN:  # NaN too: one would make every later mean NaN
                 p = _P_MIN
             append(-_log(p) if y_true else -_log(1 - p))
         else:
@@ -136,7 +136,7 @@ def _losses(scored: list[tuple[Any, Any, Any]], binary: bool) -> list[float | No
                 continue
             if p > _P_MAX:
                 p = _P_MAX
-            elif p < _P_MIN:
+            elif not p >= _P_MIN:
                 p = _P_MIN
             append(-_log(p))
     return out

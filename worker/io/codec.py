@@ -79,6 +79,7 @@ MAX_TS = 1e11
 _QUOTE_CHARS = 64
 
 _isfinite = math.isfinite
+_hypot = math.hypot
 #: Feature value types that need no check when orjson parsed them (bool is an int).
 _PLAIN = frozenset({float, int, bool})
 
@@ -96,12 +97,17 @@ class Limits:
     max_features: int = 1000
     max_string_chars: int = 4096
     max_message_bytes: int = 1_048_576
+    # A feature beyond it can overflow a model's squares (1e155² is inf) and poison it
+    # with NaN for good — the frozen champion and every copy of it.
+    max_abs_number: float = 1e100
 
     def __post_init__(self) -> None:
         for name in ("max_id_chars", "max_features", "max_string_chars", "max_message_bytes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"limits.{name} must be an integer >= 1, got {v!r}")
+        if not 0 < self.max_abs_number < math.inf:
+            raise ConfigError(f"limits.max_abs_number must be a positive number, got {self.max_abs_number!r}")
 
 
 DEFAULT_LIMITS = Limits()
@@ -395,8 +401,9 @@ def _event(obj: dict[str, Any], key: str | None, position: Position | None, limi
     # Feature *names* are not length-checked: max_message_bytes bounds them, and what
     # grows a river model is the number of distinct names, which no per-message limit
     # can bound. Floats from orjson (``parsed``) are always finite, so features that are
-    # all numbers or booleans need no per-value pass (the common case: one C-level
-    # set of their types); the finiteness check is for the lenient re-parse in _not_json.
+    # all numbers or booleans need only C-level passes in the common case (their types;
+    # their Euclidean norm, never below the largest magnitude); the per-value check
+    # names the culprit, and serves the lenient re-parse in _not_json.
     id_ = obj.get("id")
     if type(id_) is not str or not 0 < len(id_) <= limits.max_id_chars:
         _id(id_, limits)  # raises the reason
@@ -406,7 +413,9 @@ def _event(obj: dict[str, Any], key: str | None, position: Position | None, limi
     if len(features) > limits.max_features:
         raise BadInputError(f"too many features: {len(features)} > {limits.max_features}")
     if not parsed or not set(map(type, features.values())) <= _PLAIN:
-        _check_features(features, limits)  # else only numbers and booleans: nothing to check or drop
+        _check_features(features, limits)
+    elif not _hypot(*features.values()) <= limits.max_abs_number:  # only numbers and booleans
+        _check_features(features, limits)  # raises, naming the feature, if one is that large
     label = obj.get("label")
     if label is not None and type(label) is not bool:  # a bool needs no check
         label = _label_value(label, limits)
@@ -417,14 +426,16 @@ def _event(obj: dict[str, Any], key: str | None, position: Position | None, limi
 
 
 def _check_features(features: dict[str, Any], limits: Limits) -> None:
-    """Refuse a non-finite float, a long string or a value of another type; drop nulls."""
-    max_chars = limits.max_string_chars
+    """Refuse a non-finite or huge number, a long string or a value of another type; drop nulls."""
+    max_chars, max_abs = limits.max_string_chars, limits.max_abs_number
     nulls = None
-    for name, v in features.items():  # the one pass; int and bool need no check
+    for name, v in features.items():  # the one pass; a bool needs no check
         t = type(v)
-        if t is float:
-            if not _isfinite(v):
-                raise BadInputError(f"feature {_quote(name)} is not finite (NaN/inf)")
+        if t is float or t is int:
+            if not -max_abs <= v <= max_abs:
+                if t is float and not _isfinite(v):
+                    raise BadInputError(f"feature {_quote(name)} is not finite (NaN/inf)")
+                raise BadInputError(f"feature {_quote(name)} is larger than {max_abs:g} in magnitude")
         elif t is str:
             if len(v) > max_chars:
                 raise BadInputError(f"string feature {_quote(name)} longer than {max_chars} characters")
@@ -433,7 +444,7 @@ def _check_features(features: dict[str, Any], limits: Limits) -> None:
                 nulls = [name]
             else:
                 nulls.append(name)
-        elif t is not int and t is not bool:
+        elif t is not bool:
             raise BadInputError(f"feature {_quote(name)} has an unsupported type {_json_type(v)}")
     if nulls is not None:
         for name in nulls:

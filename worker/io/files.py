@@ -21,7 +21,7 @@ from typing import IO, TypeVar
 
 from worker.core.types import Event, Label
 from worker.errors import BadInputError, ConfigError
-from worker.io.codec import decode_record
+from worker.io.codec import DEFAULT_LIMITS, decode_record
 
 Record = Event | Label
 T = TypeVar("T")
@@ -140,14 +140,16 @@ def read_csv(path: Path, *, target: str, id_column: str | None, drop: Sequence[s
 
 
 def _cell(text: str) -> float | str:
-    """A number when the cell is one; a non-finite one (``nan``, ``inf``) is bad input,
-    as it is in JSON events, rather than a string that no numeric model can take."""
+    """A number when the cell is one; a non-finite or huge one is bad input, as it is in
+    JSON events (see `Limits.max_abs_number`), rather than a string or a poisoned model."""
     try:
         value = float(text)
     except ValueError:
         return text
     if not math.isfinite(value):
         raise BadInputError(f"non-finite number {text.strip()!r}")
+    if abs(value) > (limit := DEFAULT_LIMITS.max_abs_number):
+        raise BadInputError(f"number {text.strip()!r} is larger than {limit:g} in magnitude")
     return value
 
 
