@@ -121,9 +121,20 @@ def test_mixed_numeric_and_string_features_learn_and_predict() -> None:
 
 
 def test_validate_model() -> None:
-    assert validate_model("preprocessing.StandardScaler") is None
+    assert validate_model("preprocessing.StandardScaler | linear_model.LogisticRegression") is None
+    assert validate_model("(preprocessing.StandardScaler | preprocessing.MinMaxScaler) | "
+                          "(compose.SelectType(float) | tree.HoeffdingTreeClassifier)") is None
     with pytest.raises(SpecError):
         validate_model("preprocessing.Nope")
+
+
+@pytest.mark.parametrize("spec", ["preprocessing.StandardScaler", "linear_model.LinearRegression",
+                                  "anomaly.HalfSpaceTrees", "cluster.KMeans",
+                                  "preprocessing.StandardScaler | anomaly.HalfSpaceTrees"])
+def test_a_model_that_is_not_a_classifier_is_refused(spec: str) -> None:
+    """It passed, then every event was dead-lettered (no class to serve) instead of exit 2."""
+    with pytest.raises(SpecError, match=r"is not a classifier \(\w+ predicts no class\)"):
+        validate_model(spec)
 
 
 def test_spec_error_is_a_config_error() -> None:

@@ -70,7 +70,7 @@ import math
 from types import ModuleType
 from typing import Any
 
-from river import base
+from river import base, compose
 
 from worker.errors import SpecError
 
@@ -149,8 +149,16 @@ def validate_detector(spec: str) -> None:
 
 
 def validate_model(spec: str) -> None:
-    """Raise `SpecError` unless ``spec`` builds a river estimator."""
-    parse_model(spec)
+    """Raise `SpecError` unless ``spec`` builds a river classifier (or a pipeline ending in
+    one): the worker serves classes and their probabilities and scores them with accuracy,
+    F1 and log-loss, so a regressor or a bare transformer is refused at start rather than
+    dead-lettering every event."""
+    last = parse_model(spec)
+    while isinstance(last, compose.Pipeline):
+        last = list(last.steps.values())[-1]
+    if not isinstance(last, base.Classifier):
+        raise SpecError(f"invalid model spec: {spec!r} is not a classifier ({type(last).__name__} "
+                        "predicts no class); the worker serves classifiers")
 
 
 class _Builder:
