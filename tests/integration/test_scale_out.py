@@ -236,6 +236,44 @@ def test_scorers_serve_version_1_during_the_trainers_warm_up(bootstrap, unique, 
     assert codes == [0, 0], [p.log()[-2000:] for p in processes]
 
 
+def test_with_signed_commands_scorers_ignore_a_forged_lifecycle_event(bootstrap, unique, tmp_path):
+    """With `--require-signed-commands`, only the trainer's signed lifecycle events choose
+    what scorers serve: an unsigned `promoted` naming the old champion and a 100 % split,
+    written by any Kafka client, is ignored — by a running scorer and by one that starts
+    after it (which reads control back from its end)."""
+    prefix = unique("forged") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    signed = "--require-signed-commands"
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer", "--policy",
+                            "manual", "--warmup-labels", "100", signed)
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", signed)
+    processes = [trainer, s1]
+    try:
+        trainer.wait_ready()
+        s1.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(200)])  # warm-up ends at 100
+        wait_until(lambda: "challenger_created" in trainer.log(), 30, "the challenger v2")
+        code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
+        assert code == 0, (lines, stderr)
+        wait_until(lambda: "serving champion v2" in s1.log(), 30, "the scorer to serve v2")
+        forged = {"type": "promoted", "champion": 1, "challenger": 2, "split": 100.0, "detail": {},
+                  "offsets": {}, "labelled": 0}
+        produce(bootstrap, prefix + "control", [(None, orjson.dumps(forged))])
+        wait_until(lambda: "ignored a promoted on control without a valid signature" in s1.log(), 30,
+                   "the scorer to ignore the forged event")
+        s2 = scorer(bootstrap, prefix, tmp_path / "s2.log", "s2", signed)
+        processes.append(s2)
+        s2.wait_ready()
+        assert "serving champion v2" in s2.log() and "ignored a promoted" in s2.log(), s2.log()
+        produce(bootstrap, prefix + "events", [event(i, label=None) for i in range(200, 300)])
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 300, 60, "300 predictions")
+        after = [p for p in predictions(bootstrap, prefix) if int(p["id"][1:]) >= 200]
+        assert {(p["served_by"], p["model_version"]) for p in after} == {("champion", 2)}
+    finally:
+        codes = [p.stop(60) for p in processes if p.proc.poll() is None]
+    assert codes == [0, 0, 0], [p.log()[-2000:] for p in processes]
+
+
 def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(bootstrap, unique, tmp_path):
     """`worker control split 30` in scale-out: the trainer publishes the challenger, and
     again as it learns; the scorers (one started before the split, one after) serve it to

@@ -542,6 +542,15 @@ def test_a_deeply_nested_field_is_a_bad_signature_not_an_exception():
     assert verify_command(decode_command(value)[1], SECRET) is False
 
 
+def test_a_lifecycle_event_is_signed_with_the_workers_secret():
+    event = LifecycleEvent(type="status_report", champion=3, challenger=4, split=25.0, labelled=9,
+                           detail={"counts": {"events": 10}, "classes": {True: 0.5}})
+    _, fields = decode_command(encode_lifecycle(event, SECRET))
+    assert verify_command(fields, SECRET) and not verify_command(fields, b"another secret")
+    assert not verify_command({**fields, "champion": 1}, SECRET)
+    assert "signature" not in decode_command(encode_lifecycle(event))[1]
+
+
 def test_uppercase_hex_signature_is_accepted():
     fields = {"type": "snapshot", "command_id": "c-2"}
     fields["signature"] = sign_command(fields, SECRET).upper()

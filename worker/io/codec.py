@@ -248,8 +248,10 @@ def encode_command(c: Command, secret: bytes | None) -> bytes:
     return orjson.dumps(out)
 
 
-def encode_lifecycle(e: LifecycleEvent) -> bytes:
-    """:class:`LifecycleEvent` → control-topic JSON, ``None`` fields left out.
+def encode_lifecycle(e: LifecycleEvent, secret: bytes | None = None) -> bytes:
+    """:class:`LifecycleEvent` → control-topic JSON, ``None`` fields left out; signed as a
+    command is (:func:`sign_command`) when a ``secret`` is given, since scorers serve what
+    lifecycle events name and, with signed commands required, must not trust anyone else's.
 
     ``detail`` stays a nested object (not flattened), so a type-specific field can
     never clash with a common one.
@@ -270,7 +272,12 @@ def encode_lifecycle(e: LifecycleEvent) -> bytes:
         out["ts"] = e.ts
     if e.split is not None:
         out["split"] = e.split
-    return orjson.dumps(out, default=_scalar, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    data = orjson.dumps(out, default=_scalar, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    if secret is None:
+        return data
+    fields = orjson.loads(data)  # signed as the reader will see it: string keys, plain numbers
+    fields["signature"] = sign_command(fields, secret)
+    return orjson.dumps(fields)
 
 
 # --------------------------------------------------------------------------- signatures

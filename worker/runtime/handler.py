@@ -235,7 +235,7 @@ class Handler:
         for command in decisions:
             self.producer.produce(self.topics.control, value=encode_command(command, self.secret))
         for event in lifecycle:
-            self.producer.produce(self.topics.control, value=encode_lifecycle(event))
+            self.producer.produce(self.topics.control, value=encode_lifecycle(event, self.secret))
             log.info("%s", event.type, extra={"context": {"command_id": event.command_id,
                                                           "champion": event.champion,
                                                           "challenger": event.challenger}})

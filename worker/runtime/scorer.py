@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from worker.core.split import serves_challenger
 from worker.core.types import Event, LifecycleEvent, Prediction
 from worker.errors import BadInputError, ConfigError, SignatureError, SnapshotError, WorkerError
 from worker.io import kafka
-from worker.io.codec import decode_command, decode_event
+from worker.io.codec import decode_command, decode_event, verify_command
 from worker.io.models import Catalog, read_catalog, read_models
 from worker.io.topics import DEFAULT_MESSAGE_BYTES, check_not_deleted, message_limits, require_topics
 from worker.runtime.handler import DeadLetters, batch_bytes, produce_prediction
@@ -59,8 +60,10 @@ SESSION_TIMEOUT_MS = 10_000  # the group's session timeout for scorers (see Scor
 RETRY_S = 1.0  # between attempts to load a model while the broker does not answer
 
 
-def latest_lifecycle(reader: Any, topic: str) -> tuple[LifecycleEvent | None, int]:
-    """(the last lifecycle event on ``topic`` that names a champion, or None; the end offset).
+def latest_lifecycle(reader: Any, topic: str,
+                     secrets: Sequence[bytes] | None = None) -> tuple[LifecycleEvent | None, int]:
+    """(the last lifecycle event on ``topic`` that names a champion — signed with one of
+    ``secrets``, when given — or None; the end offset).
 
     Reads back from the end, ``CONTROL_SCAN`` messages at a time, so a long control log
     costs only its tail."""
@@ -70,7 +73,7 @@ def latest_lifecycle(reader: Any, topic: str) -> tuple[LifecycleEvent | None, in
         first = max(0, last - CONTROL_SCAN + 1)
         found = None
         for msg in kafka.read_range(reader, topic, 0, first, last):
-            found = _lifecycle_of(msg.value()) or found
+            found = _lifecycle_of(msg.value(), secrets) or found
         if found is not None:
             return found, end
         last = first - 1
@@ -83,12 +86,21 @@ def _end(reader: Any, topic: str) -> int:
     return reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=TXN_CALL_TIMEOUT_S, cached=False)[1]
 
 
-def _lifecycle_of(value: bytes | None) -> LifecycleEvent | None:
+def _lifecycle_of(value: bytes | None, secrets: Sequence[bytes] | None) -> LifecycleEvent | None:
+    """The lifecycle event ``value`` holds, when it names a champion and, if ``secrets``
+    are given (signed commands required), carries a trainer's signature: anyone else
+    could otherwise choose the model and the split that every scorer serves."""
     try:
-        decoded, _ = decode_command(value)
+        decoded, raw = decode_command(value)
     except BadInputError:
         return None
-    return decoded if isinstance(decoded, LifecycleEvent) and decoded.champion is not None else None
+    if not isinstance(decoded, LifecycleEvent) or decoded.champion is None:
+        return None
+    if secrets is not None and not verify_command(raw, secrets):
+        log.warning("ignored a %s on control without a valid signature (signed commands are required)",
+                    decoded.type)
+        return None
+    return decoded
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,7 @@ class ModelFeed:
         self._failed: dict[int, bytes | None] = {}  # version → the manifest it could not be loaded with
         self.champion_error: SnapshotError | None = None  # why the wanted champion is not served
         self._catalog = Catalog()
+        self._trusted = settings.secrets if settings.require_signed_commands else None  # lifecycle signers
         config = settings.kafka.consumer_config()
         group = settings.kafka.group
         self._control = kafka.consumer({**config, "group.id": f"{group}.scorers-control"})
@@ -131,7 +144,7 @@ class ModelFeed:
         topics = self.settings.kafka.topics
         reader = kafka.reader(self._reader_config)
         try:
-            self._wanted, control_end = latest_lifecycle(reader, topics.control)
+            self._wanted, control_end = latest_lifecycle(reader, topics.control, self._trusted)
             models_end = _end(reader, topics.models)  # what comes after it is read twice: harmless
             champion, challenger, _ = self._what_to_serve()
             self._catalog = read_catalog(reader, topics.models, chunks_of={champion, challenger} - {None})
@@ -147,7 +160,7 @@ class ModelFeed:
         anew."""
         for msg in self._control.consume(num_messages=100, timeout=0):
             if not msg.error():
-                self._wanted = _lifecycle_of(msg.value()) or self._wanted
+                self._wanted = _lifecycle_of(msg.value(), self._trusted) or self._wanted
         for msg in self._models.consume(num_messages=100, timeout=0):
             if not msg.error():
                 self._catalog.add(msg.key(), msg.value())

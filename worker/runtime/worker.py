@@ -14,6 +14,7 @@ interval the engine is saved to a local file and then the offsets are committed.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import signal
@@ -140,7 +141,7 @@ class Worker:
         self._snapshot_events = 0  # engine's event count at the last snapshot
         self._learners_published = 0.0  # --role trainer: when models that learn were last published
         self._last_commit = 0.0
-        self._last_status = time.monotonic()
+        self._last_status = -math.inf  # one status_report right after start: what it restored
         self._learn_errors_said = 0  # engine.counts["learn_errors"] when last logged
         self._learn_errors_at = -LEARN_ERRORS_EVERY_S
         self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check_topics)
@@ -335,7 +336,7 @@ class Worker:
         outputs. Not part of the engine's state: a recovery does not repeat it."""
         every = self.settings.status_interval_s
         if every and time.monotonic() - self._last_status >= every:
-            self._last_status = time.monotonic()
+            self._last_status = -math.inf  # one status_report right after start: what it restored
             self.engine.report_status()
             self._handler.flush(emit=True)
 
