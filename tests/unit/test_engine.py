@@ -566,11 +566,22 @@ def test_pause_and_resume_learning():
     assert engine.status()["learning"] is True
 
 
-def test_pause_during_warm_up_freezes_the_champion_too():
+def test_pause_during_warm_up_freezes_the_champion_too_and_holds_the_warm_up():
+    """Labels seen while paused do not count towards the warm-up: it ended on them, and
+    froze an untrained version 1 as champion."""
+    data = two_concepts(160, seed=0)
     engine = Engine(EngineConfig(warmup_labels=100, policy="manual"))
     engine.apply(cmd("pause_learning", "pause"))
-    drive(engine, inline(two_concepts(20, seed=0)))
-    assert engine.registry[1].learned == 0
+    drive(engine, inline(data[:120]))
+    assert engine.registry[1].learned == 0 and engine.challenger is None
+    engine.apply(cmd("resume_learning", "resume"))
+    drive(engine, inline(data[120:], start=120))
+    assert engine.challenger is None, "40 learned so far"
+    outputs = drive(engine, inline(two_concepts(60, seed=1), start=160))
+    assert engine.challenger == 2 and engine.registry[1].learned == 100
+    created = [e for _, events in outputs for e in events if e.type == "challenger_created"]
+    assert created[0].labelled == 220  # 120 while paused, then 100 learned
+    assert created[0].detail["reason"] == "warm-up over after 100 labelled events"
 
 
 def test_reset_challenger_replaces_it_with_a_new_version():

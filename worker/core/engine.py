@@ -258,9 +258,10 @@ class Engine:
                 self._train(chal, x, y)
             if not self._warm or self.config.champion_learns:
                 self._train(champ, x, y)
-        if not self._warm and counts["labelled"] >= self.config.warmup_labels:
+        # v1's own count: labels that came while learning was paused do not warm it up
+        if not self._warm and champ.learned >= self.config.warmup_labels:
             self._warm = True
-            self._new_challenger(f"warm-up over after {counts['labelled']} labelled events")
+            self._new_challenger(f"warm-up over after {champ.learned} labelled events")
         if self.config.policy == "auto":
             self._consult_policy()
 
