@@ -464,6 +464,22 @@ def test_rollback_to_previous_and_to_a_version():
     assert p.model_version == 1 and p.shadow["model_version"] == engine.challenger
 
 
+def test_a_second_rollback_goes_one_further_back_not_to_the_model_just_removed():
+    engine = warm_engine(retain_versions=5)
+    for i in range(3):  # v2, v3, v4 promoted in turn
+        engine.apply(cmd("promote", f"p{i}"))
+        drive(engine, inline(two_concepts(10, seed=i), start=1000 * (i + 1)))
+    engine.take_lifecycle()
+    steps = []
+    for i in range(3):
+        engine.apply(cmd("rollback", f"b{i}"))
+        events = engine.take_lifecycle()
+        steps.append(tuple(e.detail["to_version"] for e in events if e.type == "rolled_back"))
+    assert steps == [(3,), (2,), (1,)]
+    engine.apply(cmd("rollback", "b-last"))
+    assert engine.take_lifecycle()[0].detail["reason"] == "no former champion to roll back to"
+
+
 def test_a_dropped_former_champion_comes_back_from_the_model_source_for_a_rollback():
     engine = warm_engine(retain_versions=1)
     published = {1: copy.deepcopy(engine.registry[1].model)}  # what the worker wrote to `models`

@@ -532,11 +532,17 @@ class Engine:
         self._prev = self.probation = None
 
     def _former_champion(self) -> int | None:
-        current = self._champ.version
-        for version in reversed(self.champion_history):
-            if version != current and self.registry[version].model is not None:
-                return version
-        return None
+        """The retained champion before the current one in the line of champions: a
+        promotion extends the line, a rollback cuts it back to the version it returns to —
+        so a second rollback goes one further back, rather than bringing back the model
+        the first one removed."""
+        line: list[int] = []
+        for version in self.champion_history:
+            if version in line:
+                del line[line.index(version) + 1:]
+            else:
+                line.append(version)
+        return next((v for v in reversed(line[:-1]) if self.registry[v].model is not None), None)
 
     # --- outputs -------------------------------------------------------------------------
 
