@@ -265,6 +265,8 @@ def control_options(command):
                           "operator]."),
         click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
                      help="Seconds to wait for the worker's answer."),
+        click.option("--command-id", help="Send again a command that got no answer, by the id it printed: "
+                     "the worker applies an id once, and an answer already given is printed."),
     ], command)
 
 
@@ -274,7 +276,7 @@ def control_group() -> None:
 
 
 def _send(kind: str, bootstrap, topic_prefix, secret, expected_champion, reason, issued_by, wait_s,
-          kafka_config, **fields) -> None:
+          command_id, kafka_config, **fields) -> None:
     import time
     import uuid
 
@@ -284,12 +286,15 @@ def _send(kind: str, bootstrap, topic_prefix, secret, expected_champion, reason,
 
     settings = KafkaSettings(bootstrap=bootstrap, group="worker-control", topic_prefix=topic_prefix,
                              extra=parse_kafka_config(kafka_config))
-    command = Command(type=kind, command_id=str(uuid.uuid4()), issued_by=issued_by, reason=reason,
-                      expected_champion=expected_champion, ts=time.time(), **fields)
+    command = Command(type=kind, command_id=command_id or str(uuid.uuid4()), issued_by=issued_by,
+                      reason=reason, expected_champion=expected_champion, ts=time.time(), **fields)
     answers = send_and_wait(settings.admin_config(), settings.topics.control, command,
-                            secret.encode() if secret else None, wait_s)
+                            secret.encode() if secret else None, wait_s, again=command_id is not None)
     if answers is None:
-        click.echo(json.dumps({"command_id": command.command_id, "error": f"no answer within {wait_s:g}s"}))
+        note = ("the command stays on control and is applied when the worker reads it; to send it again, "
+                f"not twice: --command-id {command.command_id}")
+        click.echo(json.dumps({"command_id": command.command_id, "error": f"no answer within {wait_s:g}s",
+                               "note": note}))
         sys.exit(1)
     for answer in answers:
         click.echo(json.dumps(answer))

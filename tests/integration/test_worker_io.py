@@ -479,12 +479,24 @@ def test_a_command_sent_while_the_worker_is_down_is_applied_when_it_comes_back(b
     code, lines, stderr = control(bootstrap, prefix, "pause", wait_s=0.5)
     assert code == 1 and "no answer" in lines[-1]["error"], (lines, stderr)
     command_id = lines[-1]["command_id"]
+    assert f"--command-id {command_id}" in lines[-1]["note"]
+    code, lines, stderr = control(bootstrap, prefix, "pause", "--command-id", command_id, wait_s=0.5)
+    assert code == 1 and lines[-1]["command_id"] == command_id, (lines, stderr)  # sent again: still down
+
+    def answers() -> list[dict]:
+        return [m for m in json_values(read_all(bootstrap, prefix + "control"))
+                if m.get("command_id") == command_id and "detail" in m]
+
     with running(bootstrap, prefix, tmp_path / "second.log", *quiet):
-        wait_until(lambda: any(m.get("command_id") == command_id and m["type"] == "command_applied"
-                               for m in json_values(read_all(bootstrap, prefix + "control"))),
-                   60, "the answer to the command sent while the worker was down")
+        wait_until(lambda: answers(), 60, "the answer to the command sent while the worker was down")
+        code, lines, stderr = control(bootstrap, prefix, "pause", "--command-id", command_id)
+        assert code == 0 and lines[-1]["type"] == "command_applied", (lines, stderr)  # the earlier answer
         after = status(bootstrap, prefix)
         assert after["learning"] is False and after["counts"]["events"] == 20, after
+    assert [m["type"] for m in answers()] == ["command_applied"], "sent twice while down, applied once"
+    log = json_values(read_all(bootstrap, prefix + "control"))
+    # the two sends and the answer: the third call found the answer and sent nothing
+    assert sum(m.get("command_id") == command_id for m in log) == 3
 
 
 # ------------------------------------------------------------------ 6. delayed labels

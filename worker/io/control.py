@@ -9,6 +9,7 @@ offset the command was written at until the final answer appears.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -25,15 +26,26 @@ DELIVERY_TIMEOUT_S = 30.0  # to write the command, whatever --wait says for the 
 
 
 def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Command,
-                  secret: bytes | None, wait_s: float) -> list[dict[str, Any]] | None:
+                  secret: bytes | None, wait_s: float, again: bool = False) -> list[dict[str, Any]] | None:
     """Write ``command``; return the lifecycle events answering it (the last one final),
     or None when no final answer came within ``wait_s`` seconds. A missing topic or an
     unreachable broker raises :class:`ConfigError`, a command that cannot be written
-    :class:`WorkerError`: one clear line, not a librdkafka error."""
+    :class:`WorkerError`: one clear line, not a librdkafka error.
+
+    ``again``: the command may have been sent before (a retry with the same id, which the
+    worker applies once and does not answer twice): an answer already on the topic is
+    returned without sending anything."""
     require_topics(admin_config, [control_topic])
     producer = kafka.producer({**admin_config, "enable.idempotence": True, "acks": "all"})
     reader = kafka.reader({**admin_config, "group.id": "worker-control-cli"})
     try:
+        start = None  # where to look for the answer: after the command, or all that came since the look
+        if again:
+            start = reader.get_watermark_offsets(TopicPartition(control_topic, 0), timeout=DELIVERY_TIMEOUT_S,
+                                                 cached=False)[1]
+            earlier = kafka.read_range(reader, control_topic, 0, 0, start - 1) if start else ()
+            if answers := _answers(earlier, command.command_id):
+                return answers
         delivered: list[Any] = []
         producer.produce(control_topic, value=encode_command(command, secret),
                          on_delivery=lambda err, msg: delivered.append(err or msg))
@@ -41,19 +53,29 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
         if not delivered or isinstance(delivered[0], KafkaError):
             reason = delivered[0].str() if delivered else "not delivered in time"
             raise WorkerError(f"cannot write the command to {control_topic}: {reason}")
-        return _await(reader, control_topic, delivered[0].offset(), command.command_id, wait_s)
+        return _await(reader, control_topic, delivered[0].offset() if start is None else start,
+                      command.command_id, wait_s)
     finally:
         reader.close()
 
 
 def _await(reader: Any, topic: str, start: int, command_id: str, wait_s: float) -> list[dict] | None:
     reader.assign([TopicPartition(topic, 0, start)])
-    answers: list[dict[str, Any]] = []
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        msg = reader.poll(min(1.0, max(0.0, deadline - time.monotonic())))
-        if msg is None or msg.error():
-            continue
+
+    def messages() -> Iterator[Any]:
+        while time.monotonic() < deadline:
+            msg = reader.poll(min(1.0, max(0.0, deadline - time.monotonic())))
+            if msg is not None and not msg.error():
+                yield msg
+
+    return _answers(messages(), command_id)
+
+
+def _answers(messages: Iterable[Any], command_id: str) -> list[dict[str, Any]] | None:
+    """The lifecycle events answering ``command_id`` up to the final one, or None."""
+    answers: list[dict[str, Any]] = []
+    for msg in messages:
         try:
             obj = orjson.loads(msg.value())
         except orjson.JSONDecodeError:
