@@ -765,7 +765,10 @@ def test_restart_keeps_models_new_challenger_spec_applies_next_and_fresh_starts_
         assert after_reset["models"]["challenger"]["spec"] == OTHER_SPEC, after_reset["models"]
         assert "challenger spec changed" in second.log()
 
-    # --fresh: version 1 again, counting only the events since the fresh start
+    # --fresh: version 1 again, counting only the events since the fresh start; a command
+    # sent to the old engine while the worker was down is not for the new one
+    code, lines, stderr = control(bootstrap, prefix, "pause", wait_s=0.5)
+    assert code == 1 and "no answer" in lines[-1]["error"], (lines, stderr)
     with running(bootstrap, prefix, tmp_path / "third.log", "--policy", "manual", "--fresh") as third:
         assert "stored state ignored" in third.log()
         produce(bootstrap, prefix + "events", [event(i) for i in range(700, 750)])
@@ -774,7 +777,7 @@ def test_restart_keeps_models_new_challenger_spec_applies_next_and_fresh_starts_
         assert fresh["champion"] == 1 and fresh["challenger"] is None, fresh
         assert fresh["counts"]["events"] == 50, fresh["counts"]
         assert fresh["counts"]["labelled"] == 50
-        assert fresh["models"]["champion"]["learned"] == 50
+        assert fresh["models"]["champion"]["learned"] == 50 and fresh["learning"] is True
         ids = Counter(predicted_ids(bootstrap, prefix))
         assert len(ids) == 750 and set(ids.values()) == {1}
     assert read_all(bootstrap, prefix + "events.dlq") == []

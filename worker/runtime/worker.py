@@ -480,6 +480,8 @@ class Worker:
             reader.close()
         # Observed from here on: replayed input was counted when it was first processed.
         self.engine.observer = self.observer
+        if self._fresh:  # a new engine answers no command sent to the one it replaces (ARCHITECTURE.md §2)
+            offsets = {tp: offset for tp, offset in offsets.items() if tp[0] != self.topics.control}
         return offsets
 
     def _recover_from_kafka(self, reader: Any) -> dict[tuple[str, int], int]:
