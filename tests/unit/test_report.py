@@ -199,6 +199,22 @@ def test_report_from_a_control_log(tmp_path: Path) -> None:
     assert 'class="marker promoted"' in page and not data.notes
 
 
+def test_after_a_fresh_start_the_report_shows_the_new_engine_only() -> None:
+    old_log, old = control_log(n=4000)
+    new_log, new = control_log(n=2500)
+    fresh = Engine(EngineConfig())  # what a worker writes as it starts: a status report
+    fresh.report_status()
+    start = [orjson.loads(encode_lifecycle(e)) for e in fresh.take_lifecycle()]
+    data = report.load_control(old_log + start + new_log)
+    assert old.counts["promotions"] != new.counts["promotions"] or old.champion != new.champion
+    assert data.summary["promotions"] == sum(m["type"] == "promoted" for m in data.markers) \
+        == new.counts["promotions"]
+    assert {v["version"] for v in data.versions} == {mv.version for mv in new.registry}
+    assert [p["labelled"] for p in data.points] == sorted(p["labelled"] for p in data.points)
+    assert any("earlier engine" in note for note in data.notes)
+    assert not any("earlier engine" in note for note in report.load_control(start + new_log).notes)
+
+
 def test_the_a_b_comparison_of_a_traffic_split() -> None:
     log, engine = control_log(n=3000)
     assert "A/B" not in report.render_html(report.load_control(log)), "no split, no A/B section"

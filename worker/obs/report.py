@@ -105,12 +105,15 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
     """Decoded ``control`` messages, in log order → :class:`ReportData`.
 
     Commands (no ``detail``) are skipped; lifecycle events give the markers, the table
-    and the lineage; each ``status_report`` gives a point of the timeline.
+    and the lineage; each ``status_report`` gives a point of the timeline. A worker
+    writes one as it starts: one that has seen no event yet starts a new engine (after
+    ``--fresh``, its versions count from 1 again), and what came before is left out.
     """
     data = ReportData(source=source)
     lifecycle: list[dict[str, Any]] = []
     lineage: dict[int, dict[str, Any]] = {}
     last_status: dict[str, Any] | None = None
+    earlier_engine = False
     for message in messages:
         if not isinstance(message, dict) or "detail" not in message or "type" not in message:
             continue  # a command, or something that is not ours
@@ -118,8 +121,11 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
             lifecycle.append(message)
             continue
         status = message["detail"]
-        last_status = status
         counts = status.get("counts", {})
+        if counts.get("events") == 0 and (lifecycle or data.points):
+            earlier_engine = True
+            lifecycle, lineage, data.points = [], {}, []
+        last_status = status
         point: dict[str, Any] = {"labelled": counts.get("labelled", message.get("labelled", 0)),
                                  "events": counts.get("events")}
         for role, model in status.get("models", {}).items():
@@ -156,6 +162,9 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
         "drift_alarms": count("drift_detected"), "champion": champion, "challenger": challenger,
         "served_accuracy": served.get("accuracy"), "served_f1": served.get("f1"),
     }
+    if earlier_engine:
+        data.notes.append("The control topic also holds an earlier engine's history (before a --fresh "
+                          "start): this report shows the current engine only.")
     if last_status is None:
         data.notes.append("No status_report on the control topic: no metrics over time (is the worker "
                           "running? `worker control status` writes one).")
