@@ -491,6 +491,9 @@ def test_a_command_sent_while_the_worker_is_down_is_applied_when_it_comes_back(b
         wait_until(lambda: answers(), 60, "the answer to the command sent while the worker was down")
         code, lines, stderr = control(bootstrap, prefix, "pause", "--command-id", command_id)
         assert code == 0 and lines[-1]["type"] == "command_applied", (lines, stderr)  # the earlier answer
+        # signatures are not required here, but one made with another secret is refused
+        code, lines, stderr = control(bootstrap, prefix, "resume", secret="not the worker's")
+        assert code == 1 and lines[-1]["detail"]["reason"] == "bad signature: another secret made it", lines
         after = status(bootstrap, prefix)
         assert after["learning"] is False and after["counts"]["events"] == 20, after
     assert [m["type"] for m in answers()] == ["command_applied"], "sent twice while down, applied once"

@@ -560,6 +560,14 @@ def test_uppercase_hex_signature_is_accepted():
 def test_empty_secret_is_a_config_error():
     with pytest.raises(ConfigError):
         sign_command({"type": "status", "command_id": "c"}, b"")
+    with pytest.raises(ConfigError):
+        sign_command({"type": "status", "command_id": "c"}, "")
+
+
+def test_a_text_secret_signs_as_its_utf8_bytes():
+    """As the README's example and `--secret` give it."""
+    cmd = {"type": "status", "command_id": "c"}
+    assert sign_command(cmd, "sécret") == sign_command(cmd, "sécret".encode())
 
 
 def test_unsignable_command_is_bad_input():

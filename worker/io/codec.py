@@ -283,7 +283,7 @@ def encode_lifecycle(e: LifecycleEvent, secret: bytes | None = None) -> bytes:
 # --------------------------------------------------------------------------- signatures
 
 
-def sign_command(fields: dict[str, Any], secret: bytes) -> str:
+def sign_command(fields: dict[str, Any], secret: bytes | str) -> str:
     """Hex HMAC-SHA256 of the command's canonical JSON, the ``"signature"`` key excluded.
 
     The canonical form is what Python's standard library writes with
@@ -663,9 +663,12 @@ def _scalar(v: Any) -> Any:
     return item()
 
 
-def _secret(secret: bytes) -> bytes:
+def _secret(secret: bytes | str) -> bytes:
+    """The key: bytes, or text as the command line takes it (``--secret``, UTF-8)."""
+    if isinstance(secret, str):
+        secret = secret.encode()
     if not isinstance(secret, bytes | bytearray) or not secret:
-        raise ConfigError("the command secret must be non-empty bytes")
+        raise ConfigError("the command secret must be a non-empty string or bytes")
     return bytes(secret)
 
 

@@ -219,10 +219,13 @@ class Handler:
             raise
         if not isinstance(decoded, Command):
             return  # a lifecycle event: ours or another worker's answer
-        if self.require_signed and not verify_command(raw, self.secrets):
-            reason = "missing signature" if not raw.get("signature") else "bad signature"
+        # a wrong signature is refused even when none is required: the sender has another --secret
+        signed = raw.get("signature") is not None
+        if (self.require_signed or signed) and not verify_command(raw, self.secrets):
+            reason = "bad signature" if signed else "missing signature"
+            why = "this worker requires signed commands" if self.require_signed else "another secret made it"
             log.warning("rejected control command %s: %s", decoded.command_id, reason)
-            self.engine.reject(decoded, f"{reason}: this worker requires signed commands")
+            self.engine.reject(decoded, f"{reason}: {why}")
             return
         self.engine.apply(decoded)
 
