@@ -620,8 +620,8 @@ def report_command(run_dir, bootstrap, topic_prefix, kafka_config, ask_status, s
 
     From RUN_DIR (a `worker replay --out` folder), or from the control topic of a
     deployment (--bootstrap, --topic-prefix): its lifecycle events, and the
-    status_report events for the metrics over time (the worker writes one per `status`
-    command; --ask-status sends one first).
+    status_report events for the metrics over time (the worker writes one as it starts,
+    one per status_interval_s and one per `status` command; --ask-status sends one first).
     """
     from worker.obs import report
 

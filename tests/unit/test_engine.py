@@ -719,6 +719,8 @@ def test_split_serves_about_p_percent_of_entities_stickily():
     engine.apply(cmd("set_split", "off", percent=0.0))
     assert engine.process(Event(id="z", features={"a": 0.0, "b": 0.0}, key=keys[0])).served_by == "champion"
     assert engine.take_lifecycle()[-1].split == 0.0 and engine.serving_learners() == []
+    drive(engine, inputs[:100])
+    assert engine.status()["arms"] == report, "the A/B compares the arms under the split only"
 
 
 def test_the_champion_serves_while_it_learns_in_its_warm_up_or_with_champion_learns():

@@ -228,6 +228,8 @@ def test_the_a_b_comparison_of_a_traffic_split() -> None:
     data = report.load_control(log)
     arms = engine.status()["arms"]
     assert data.split == 25.0 and data.arms == arms
+    assert [e["text"] for e in data.events if e["type"] == "command_applied"] == [
+        "split set to 40.0 %", "split set to 25.0 %"], "settings changed by a command are in the table"
     page = report.render_html(data)
     assert "<h2>A/B: served traffic per arm</h2>" in page and "25.0 % of entities" in page
     for arm in ("champion", "challenger"):

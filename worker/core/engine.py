@@ -241,7 +241,7 @@ class Engine:
                            h, y, loss_h)
         served = c if served_by == "champion" else h
         self.served.update(y, served[1], served[2])
-        if self.arms is not None:
+        if self.arms is not None and self.split:  # A/B: only while a split divides the traffic
             self.arms[served_by].update(y, served[1], served[2])
         # re-read: a drift alarm above may have replaced the challenger
         champ, chal, prev = self._champ, self._chal, self._prev

@@ -42,6 +42,9 @@ ROLES = ("champion", "challenger")
 VIEWS = ("window", "fading")
 MARKER_TYPES = ("drift_detected", "promoted", "rolled_back", "challenger_reset")
 TABLE_TYPES = (*MARKER_TYPES, "challenger_created", "command_rejected")
+# commands whose only trace is their answer: the table shows them applied
+SETTINGS_COMMANDS = {"pause_learning": "learning paused", "resume_learning": "learning resumed",
+                     "set_split": "split set to {split} %"}
 MAX_POINTS = 2000  # points per series in the charts; longer timelines are thinned evenly
 
 COLORS = {"champion": "#1f77b4", "challenger": "#ff7f0e", "promoted": "#2ca02c", "rolled_back": "#d62728",
@@ -225,7 +228,7 @@ def _absorb_lifecycle(data: ReportData, lifecycle: list[dict[str, Any]], lineage
         if kind in MARKER_TYPES:
             data.markers.append({"labelled": at, "type": kind, "text": text,
                                  "title": _title(kind, detail, event)})
-        if kind in TABLE_TYPES:
+        if kind in TABLE_TYPES or (kind == "command_applied" and detail.get("command") in SETTINGS_COMMANDS):
             data.events.append({"labelled": at, "type": kind, "champion": event.get("champion"),
                                 "challenger": event.get("challenger"), "text": text,
                                 "reason": detail.get("reason", "")})
@@ -277,6 +280,8 @@ def _describe(kind: str | None, detail: dict[str, Any], event: dict[str, Any]) -
         return f"v{detail.get('version')} created ({detail.get('init', '?')})"
     if kind == "command_rejected":
         return f"{detail.get('command', '?')} rejected"
+    if kind == "command_applied" and detail.get("command") in SETTINGS_COMMANDS:
+        return SETTINGS_COMMANDS[detail["command"]].format(split=_fmt(event.get("split")))
     return str(kind)
 
 
