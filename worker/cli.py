@@ -228,7 +228,7 @@ def run_settings(config_path: str | None, flags: dict, kafka_config: tuple[str, 
     values.setdefault("scorer_id", socket.gethostname())
     extra = {**values.pop("kafka", {}), **parse_kafka_config(kafka_config)}
     kafka = KafkaSettings(
-        bootstrap=values.pop("bootstrap", "127.0.0.1:9092"), group=values.pop("group", "worker"),
+        bootstrap=values.pop("bootstrap", DEFAULT_BOOTSTRAP), group=values.pop("group", "worker"),
         topic_prefix=values.pop("topic_prefix", ""), extra=extra,
         **{k: values.pop(k) for k in ("guarantee", "commit_interval_ms", "snapshot_interval_s",
                                       "transaction_timeout_ms") if k in values},
@@ -246,12 +246,20 @@ def run_settings(config_path: str | None, flags: dict, kafka_config: tuple[str, 
 # --------------------------------------------------------------------------- worker control
 
 
-CONNECTION_OPTIONS = [  # a client of a deployment's topics: `worker control`, `worker models`
-    click.option("--bootstrap", envvar="WORKER_BOOTSTRAP", default="127.0.0.1:9092", show_default=True),
-    click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default=""),
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+CONNECTION_OPTIONS = [  # a client of a deployment's topics: control, models, topics create, simulate
+    click.option("--bootstrap", envvar="WORKER_BOOTSTRAP", default=DEFAULT_BOOTSTRAP, show_default=True,
+                 help="Kafka bootstrap servers, host:port[,host:port…]."),
+    click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default="",
+                 help="Prepended verbatim to every topic name (e.g. 'shop.' → shop.events)."),
     click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
-                 metavar="KEY=VALUE"),
+                 metavar="KEY=VALUE", help="librdkafka setting passed through (SASL, TLS …); repeatable. "
+                                           "In the env: space-separated."),
 ]
+
+
+def connection_options(command):
+    return _with(CONNECTION_OPTIONS, command)
 
 
 def control_options(command):
@@ -362,20 +370,7 @@ def topics_group() -> None:
 
 
 @topics_group.command("create")
-@click.option(
-    "--bootstrap",
-    envvar="WORKER_BOOTSTRAP",
-    default="127.0.0.1:9092",
-    show_default=True,
-    help="Kafka bootstrap servers, host:port[,host:port…].",
-)
-@click.option(
-    "--topic-prefix",
-    envvar="WORKER_TOPIC_PREFIX",
-    default="",
-    show_default=True,
-    help="Prepended verbatim to every topic name (e.g. 'shop.' → shop.events).",
-)
+@connection_options
 @click.option(
     "--partitions",
     envvar="WORKER_PARTITIONS",
@@ -391,14 +386,6 @@ def topics_group() -> None:
     default=-1,
     show_default=True,
     help="Replicas per partition; -1 = the broker's default.replication.factor.",
-)
-@click.option(
-    "--kafka-config",
-    "kafka_config",
-    envvar="WORKER_KAFKA_CONFIG",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="librdkafka setting passed through (SASL, TLS …); repeatable. In the env: space-separated.",
 )
 def topics_create(
     bootstrap: str, topic_prefix: str, partitions: int, replication_factor: int, kafka_config: tuple[str, ...]
@@ -423,10 +410,6 @@ def topics_create(
 # ---------------------------------------------------------------------------- worker models
 
 
-def models_options(command):
-    return _with(CONNECTION_OPTIONS, command)
-
-
 def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...], *, chunks_of=None):
     from worker.io.models import read_models
     from worker.io.topics import require_topics
@@ -446,7 +429,7 @@ def models_group() -> None:
 
 
 @models_group.command("list")
-@models_options
+@connection_options
 def models_list(bootstrap, topic_prefix, kafka_config) -> None:
     """Print the lineage of every version on the topic (the worker prunes all but the
     last --models-retain), one JSON object per line."""
@@ -455,7 +438,7 @@ def models_list(bootstrap, topic_prefix, kafka_config) -> None:
 
 
 @models_group.command("export")
-@models_options
+@connection_options
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--secret", envvar="WORKER_SECRET", required=True,
               help="The worker's secret: the model's signature is checked before it is unpickled.")
@@ -479,12 +462,7 @@ def models_export(bootstrap, topic_prefix, kafka_config, version: int, secret: s
 
 
 @cli.command("simulate")
-@click.option("--bootstrap", envvar="WORKER_BOOTSTRAP", default="127.0.0.1:9092", show_default=True,
-              help="Kafka bootstrap servers, host:port[,host:port…].")
-@click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default="", show_default=True,
-              help="Prepended verbatim to the topic names (events, labels).")
-@click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
-              metavar="KEY=VALUE", help="librdkafka setting passed through (SASL, TLS …); repeatable.")
+@connection_options
 @click.option("--generator", default="sea", show_default=True,
               type=click.Choice(["sea", "agrawal", "hyperplane", "sine", "stagger", "mixed"]),
               help="river synthetic generator (river.datasets.synth).")

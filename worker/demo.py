@@ -40,12 +40,14 @@ from typing import Any
 
 import click
 
+from worker.errors import WorkerError
+
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
 POLL_S = 0.25
 
 
-class DemoError(Exception):
+class DemoError(WorkerError):
     """A step failed: one line for the user, exit 1."""
 
 
@@ -63,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="without WORKER_BOOTSTRAP: the local broker's port (started if silent) [9092]")
     parser.add_argument("--timeout", type=float, default=150.0,
                         help="seconds to wait for the worker to process everything [150]")
+    parser.add_argument("--bootstrap", default=os.environ.get("WORKER_BOOTSTRAP"),
+                        help="a broker that must answer (default: WORKER_BOOTSTRAP; else the local one)")
     args = parser.parse_args(argv)
     began = time.monotonic()
-    demo = Demo(args.events, args.out, args.timeout, args.rate, args.kafka_port)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}  # the children take flags only
+    demo = Demo(args.events, args.out, args.timeout, args.rate, args.kafka_port, bootstrap=args.bootstrap,
+                env=env)
     try:
         demo.run()
     except DemoError as e:
@@ -81,19 +87,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class Demo:
-    def __init__(self, events: int, out: Path, timeout_s: float, rate: float, kafka_port: int = 9092) -> None:
+    """The demo's steps. ``bootstrap``: a broker that must answer; None: the local one on
+    ``kafka_port``, started when silent. ``env``: the environment of the child processes."""
+
+    def __init__(self, events: int, out: Path, timeout_s: float, rate: float, kafka_port: int = 9092,
+                 bootstrap: str | None = None, env: dict[str, str] | None = None) -> None:
         self.events = events
         self.rate = rate
         self.out = out
         self.timeout_s = timeout_s
         self.kafka_port = kafka_port
-        self.bootstrap = os.environ.get("WORKER_BOOTSTRAP") or f"127.0.0.1:{kafka_port}"
+        self.required_broker = bootstrap is not None
+        self.bootstrap = bootstrap or f"127.0.0.1:{kafka_port}"
         self.prefix = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}."
         self.secret = secrets.token_hex(16)
         self.started_kafka = False
         self.worker: subprocess.Popen | None = None
         self.simulator: subprocess.Popen | None = None
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}  # flags only
+        self.env = env  # None: this process's
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -118,8 +129,8 @@ class Demo:
         if self.kafka_local("ping", "--bootstrap", self.bootstrap).returncode == 0:
             say(f"using the Kafka broker at {self.bootstrap}")
             return
-        if os.environ.get("WORKER_BOOTSTRAP"):
-            raise DemoError(f"no Kafka broker answers at WORKER_BOOTSTRAP={self.bootstrap}")
+        if self.required_broker:
+            raise DemoError(f"no Kafka broker answers at {self.bootstrap} (--bootstrap, WORKER_BOOTSTRAP)")
         say(f"no broker on {self.bootstrap}: starting the local Kafka (scripts/kafka-local start)")
         started = self.kafka_local("start", "--port", str(self.kafka_port), capture=False)
         if started.returncode != 0:

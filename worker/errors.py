@@ -25,6 +25,10 @@ class SignatureError(SnapshotError):
     """A snapshot or model signed with another secret (or tampered with after signing)."""
 
 
+class Fenced(WorkerError):
+    """A newer instance with the same ``transactional.id`` took over: stop (exit 1)."""
+
+
 class BadInputError(WorkerError):
     """An input message that cannot be processed; it goes to the dead-letter topic."""
 

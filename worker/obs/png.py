@@ -42,7 +42,7 @@ _FONT_HEX = (
 FONT: dict[str, bytes] = {chr(32 + i): bytes.fromhex(g) for i, g in enumerate(_FONT_HEX.split())}
 FONT["→"] = bytes.fromhex("08082a1c08")
 FONT["·"] = bytes.fromhex("0000080000")
-GLYPH_W, GLYPH_H = 6, 8  # advance and line height at scale 1 (5×7 glyph + 1 pixel gap)
+GLYPH_W = 6  # advance at scale 1 (5×7 glyph + 1 pixel gap)
 
 
 class Canvas:

@@ -37,7 +37,7 @@ from worker.core.metrics import predict_from_proba
 from worker.core.observer import Observer
 from worker.core.split import serves_challenger
 from worker.core.types import Event, LifecycleEvent, Prediction
-from worker.errors import BadInputError, ConfigError, SignatureError, SnapshotError, WorkerError
+from worker.errors import BadInputError, ConfigError, Fenced, SignatureError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import decode_command, decode_event, verify_command
 from worker.io.models import Catalog, read_catalog, read_models
@@ -47,7 +47,6 @@ from worker.runtime.worker import (
     OFFSETS_TIMEOUT_S,
     PARTITIONS_CHECK_S,
     TXN_CALL_TIMEOUT_S,
-    Fenced,
     RunSettings,
     install_stop_signals,
     version_label,

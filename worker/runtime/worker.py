@@ -30,7 +30,7 @@ from worker.core import state
 from worker.core.config import EngineConfig
 from worker.core.engine import Engine
 from worker.core.observer import Observer
-from worker.errors import ConfigError, SignatureError, SnapshotError, WorkerError
+from worker.errors import ConfigError, Fenced, SignatureError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
 from worker.io.models import Catalog, read_models
@@ -52,10 +52,6 @@ LEARN_ERRORS_EVERY_S = 60.0  # at most one warning per minute about models that 
 def version_label(version: int | None) -> str:
     """For log lines: ``v3``, or ``none`` (no challenger yet, nothing served yet)."""
     return "none" if version is None else f"v{version}"
-
-
-class Fenced(WorkerError):
-    """A newer instance with the same transactional.id took over."""
 
 
 def install_stop_signals(owner: Any, what_next: str) -> None:
@@ -125,11 +121,10 @@ class RunSettings:
 class Worker:
     """One active instance per group: it reads every partition by assignment."""
 
-    def __init__(self, settings: RunSettings, engine_config: EngineConfig,
-                 observer: Observer | None = None) -> None:
+    def __init__(self, settings: RunSettings, engine_config: EngineConfig) -> None:
         self.settings = settings
         self.engine_config = engine_config
-        self.observer = observer or Observer()
+        self.observer = Observer()  # worker.obs.server.serve() swaps in the Prometheus one
         self.topics = settings.kafka.topics
         self.exactly_once = settings.kafka.guarantee == "exactly_once"
         self.stopping = False
