@@ -361,13 +361,29 @@ def test_eviction_by_age_in_events_and_in_event_time():
     engine.process_label(Label(id="old", label=True))  # too late: it waits, never joins silently
     assert engine.status()["pending"]["labels"] == 1
 
+    # by event time: the clock is the earlier of the last two, each entry dated by its own
     timed = Engine(EngineConfig(warmup_labels=5, pending_ttl=60.0))
-    timed.process(Event(id="t0", features={"a": 1.0, "b": 0.0}, ts=1000.0))
-    timed.process(Event(id="t1", features={"a": 1.0, "b": 0.0}, ts=1060.0))
-    assert timed.status()["pending"]["predictions"] == 2
-    timed.process(Event(id="t2", features={"a": 1.0, "b": 0.0}, ts=1060.5))
+    for i, ts in enumerate((1000.0, 1060.0, 1060.5)):
+        timed.process(Event(id=f"t{i}", features={"a": 1.0, "b": 0.0}, ts=ts))
     pending = timed.status()["pending"]
-    assert pending["predictions"] == 2 and pending["predictions_evicted_age"] == 1
+    assert pending["predictions"] == 3 and pending["predictions_evicted_age"] == 0  # clock 1060: age 60
+    timed.process(Event(id="t3", features={"a": 1.0, "b": 0.0}, ts=1061.0))
+    pending = timed.status()["pending"]
+    assert pending["predictions"] == 3 and pending["predictions_evicted_age"] == 1  # t0: 60.5 s
+
+
+def test_one_event_dated_far_ahead_does_not_expire_what_waits():
+    """Its clock alone would have expired every pending prediction, and the labels on
+    their way would have joined nothing."""
+    engine = Engine(EngineConfig(warmup_labels=5, pending_ttl=3600.0))
+    for i in range(50):
+        engine.process(Event(id=f"e{i}", features={"a": 1.0}, ts=1_764_160_000.0 + i))
+    engine.process(Event(id="typo", features={"a": 1.0}, ts=99_999_999_999.0))  # a year 5138 clock
+    engine.process(Event(id="next", features={"a": 1.0}, ts=1_764_160_051.0))
+    for i in range(50):
+        engine.process_label(Label(id=f"e{i}", label=True, ts=1_764_160_060.0))
+    pending = engine.status()["pending"]
+    assert pending["predictions_evicted_age"] == 0 and engine.counts["labelled"] == 50
 
 
 def test_a_stream_that_mixes_timed_and_untimed_messages_ages_by_event_time():
@@ -384,8 +400,10 @@ def test_a_stream_that_mixes_timed_and_untimed_messages_ages_by_event_time():
     pending = engine.status()["pending"]
     assert pending["predictions_evicted_age"] == pending["labels_evicted_age"] == 0
     assert engine.counts["labelled"] == 41 and pending["predictions"] == pending["labels"] == 0
-    engine.process(Event(id="late", features={"a": 1.0}))  # untimed: stamped 1_764_160_051
-    engine.process(Event(id="next", features={"a": 1.0}, ts=1_764_160_112.0))
+    engine.process(Event(id="late", features={"a": 1.0}))  # untimed: stamped 1_764_160_050 (the clock)
+    engine.process(Event(id="next", features={"a": 1.0}, ts=1_764_160_111.0))  # the clock: ...051
+    assert engine.status()["pending"]["predictions_evicted_age"] == 0
+    engine.process(Event(id="then", features={"a": 1.0}, ts=1_764_160_112.0))  # the clock: ...111
     assert engine.status()["pending"]["predictions_evicted_age"] == 1  # 61 s > 60 s
 
 

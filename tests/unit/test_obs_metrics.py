@@ -154,7 +154,9 @@ def test_evictions_are_counted_by_kind_and_reason():
     for i in range(5):  # the 4th and 5th push the 1st and 2nd out
         engine.process(Event(id=f"e{i}", features={"a": 1.0}, ts=100.0 + i))
     engine.process_label(Label(id="early", label=True, ts=104.0))
-    engine.process(Event(id="late", features={"a": 1.0}, ts=200.0))  # e2-e4 expired: room for it
+    for i, ts in enumerate((199.0, 200.0)):  # the clock is the earlier of the last two event times
+        engine.process(Event(id=f"on-{i}", features={"a": 1.0}, label=True, ts=ts))
+    engine.process(Event(id="late", features={"a": 1.0}, ts=201.0))  # e2-e4 expired: room for it
     samples = scrape(observer)
     assert value(samples, "worker_pending_evicted_total", kind="predictions", reason="capacity") == 2
     assert value(samples, "worker_pending_evicted_total", kind="predictions", reason="age") == 3

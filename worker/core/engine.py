@@ -106,7 +106,8 @@ class Engine:
         self.test = None  # champion (incumbent) vs challenger (candidate)
         self.probation = None  # new champion (incumbent) vs previous champion (candidate)
         self.champion_history: list[int] = []
-        self._ts: float | None = None
+        self._ts: float | None = None  # the last event time (lifecycle events carry it)
+        self._prev_ts: float | None = None  # the one before: the pending buffers age by the earlier
         self._challenger_born = 0  # labelled count at the challenger's creation
         self._promoted_at = 0
         self._transition_at = 0
@@ -152,16 +153,19 @@ class Engine:
         # The buffers are only touched when there is something to keep or to expire
         # (with inline labels, never). `now` is taken before this event is counted.
         busy = label is None or pending._entries or early_labels._entries
+        if event.ts is not None:
+            self._advance(event.ts)
         if busy:
-            now = self._now(event.ts)
+            now = self._clock()
         early = None
         if label is None:
             early = early_labels.pop(event.id) if early_labels._entries else None
             if early is None:
                 if pending._entries:  # what expired first: a full buffer then evicts the live ones only
                     self._evicted("predictions", "age", pending.expire(now))
-                try:
-                    self._evicted("predictions", "capacity", pending.put(event.id, scored, now))
+                try:  # dated by its own event time: the clock may lag one message behind
+                    stamp = now if event.ts is None else event.ts
+                    self._evicted("predictions", "capacity", pending.put(event.id, scored, stamp))
                 except DuplicateIdError as e:
                     raise self._bad(str(e)) from e
         elif busy:  # labelled inline: as refused if its id is pending, and a label that came
@@ -171,8 +175,6 @@ class Engine:
                 raise self._bad(str(e)) from e
             early_labels.discard(event.id)
         counts["events"] += 1
-        if event.ts is not None:
-            self._ts = event.ts
         if event.position is not None:
             topic, partition, offset = event.position
             self.positions[topic, partition] = offset
@@ -197,32 +199,42 @@ class Engine:
 
     def process_label(self, label: Label) -> None:
         """Join a delayed label with its pending event, or keep it until the event comes."""
-        now = self._now(label.ts)
+        if label.ts is not None:
+            self._advance(label.ts)
         if label.position is not None:
             topic, partition, offset = label.position
             self.positions[topic, partition] = offset
         scored = self.pending.pop(label.id)
         if scored is None:
             try:
-                self._evicted("labels", "capacity", self.early.put(label.id, label, now))
+                stamp = self._clock() if label.ts is None else label.ts
+                self._evicted("labels", "capacity", self.early.put(label.id, label, stamp))
             except DuplicateIdError as e:
                 raise self._bad(f"label: {e}") from e
             return
         self.observer.label_joined(True)
         self._learn(scored, label.label)
 
-    def _now(self, ts: float | None) -> float:
-        """The pending buffers' clock: the message's event time; for a message without
-        ``ts``, the last event time seen; before any, the number of events. A stream
-        that mixes timed and untimed messages would otherwise compare event counts with
-        epoch seconds and evict everything waiting at the next timed message."""
-        if ts is None:
-            return self._ts if self._ts is not None else float(self.counts["events"])
-        if self._ts is None:  # the first event time: what waits was dated by counts
+    def _advance(self, ts: float) -> None:
+        """Take a message's event time (see :meth:`_clock`)."""
+        if self._ts is None:  # the first event time: what waits was dated by event counts
             self.pending.restamp(ts)
             self.early.restamp(ts)
+            self._prev_ts = ts
+        else:
+            self._prev_ts = self._ts
         self._ts = ts
-        return ts
+
+    def _clock(self) -> float:
+        """The pending buffers' clock: the earlier of the last two event times; before any,
+        the number of events. One message dated far ahead would expire everything that
+        waits, had the clock taken it alone (the labels on their way would join nothing);
+        untimed messages take the clock as it stands, since a stream that mixes timed and
+        untimed ones would otherwise compare event counts with epoch seconds."""
+        ts, prev = self._ts, self._prev_ts
+        if ts is None:
+            return float(self.counts["events"])
+        return ts if ts < prev else prev
 
     def _learn(self, scored: tuple, y: Any) -> None:
         """Test-then-train on one labelled event (a scored tuple), then consult
@@ -659,6 +671,7 @@ class Engine:
         # Older snapshots: before dropped versions' metrics were frozen; worker 0.1.0
         # (e8d67cf): no undecodable count, bare river detectors.
         self.counts.setdefault("undecodable", 0)
+        self.__dict__.setdefault("_prev_ts", self._ts)  # before the clock took the last two event times
         for mv in self.registry:
             if mv.detector is not None and not isinstance(mv.detector, ErrorDetector):
                 mv.detector = ErrorDetector(mv.detector)
