@@ -27,7 +27,7 @@ from worker.core.modelspec import parse_model
 from worker.core.policy import PolicyConfig
 from worker.core.split import serves_challenger
 from worker.core.types import Command, Event, Label
-from worker.errors import BadInputError, SnapshotError
+from worker.errors import BadInputError, RefusedInputError, SnapshotError
 
 LOGREG = "preprocessing.StandardScaler | linear_model.LogisticRegression"
 SECRET = b"test-secret"
@@ -405,6 +405,24 @@ def test_a_stream_that_mixes_timed_and_untimed_messages_ages_by_event_time():
     assert engine.status()["pending"]["predictions_evicted_age"] == 0
     engine.process(Event(id="then", features={"a": 1.0}, ts=1_764_160_112.0))  # the clock: ...111
     assert engine.status()["pending"]["predictions_evicted_age"] == 1  # 61 s > 60 s
+
+
+def test_a_label_beyond_max_classes_is_refused():
+    """A continuous target or an id sent as the label grows every model and metric with
+    each event (60,000 distinct labels made a status report take 7 s)."""
+    engine = Engine(EngineConfig(champion="tree.HoeffdingTreeClassifier", warmup_labels=5, max_classes=3))
+    for i, label in enumerate("abcab"):
+        engine.process(Event(id=f"e{i}", features={"x": float(i)}, label=label))
+    with pytest.raises(RefusedInputError, match=r"label 'd' would be distinct label number 4, over max_cl"):
+        engine.process(Event(id="e-d", features={"x": 1.0}, label="d"))
+    engine.process(Event(id="later", features={"x": 1.0}))
+    with pytest.raises(RefusedInputError, match="over max_classes"):
+        engine.process_label(Label(id="later", label=4.25))
+    engine.process_label(Label(id="later", label="c"))  # a known class joins as ever
+    assert engine.counts["labelled"] == 6 and engine.counts["bad"] == 2
+    restored = Engine.restore(engine.snapshot(b"k"), b"k")
+    with pytest.raises(RefusedInputError, match="over max_classes"):
+        restored.process(Event(id="e-e", features={"x": 1.0}, label="e"))
 
 
 def test_event_on_which_a_model_raises_is_bad_and_the_engine_goes_on():

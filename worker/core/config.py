@@ -43,6 +43,9 @@ class EngineConfig:
       waiting for a label and labels waiting for their event; the age is in seconds
       of event time when events carry ``ts``, else in events.
     - ``retain_versions``: former champions kept in memory for ``rollback``.
+    - ``max_classes``: distinct labels at most; a label beyond is refused (dead-lettered),
+      since a continuous target or an id sent as the label would make every model and
+      metric grow with each event.
     - ``promotion``: the thresholds of the sequential test and the decisions.
     """
 
@@ -58,6 +61,7 @@ class EngineConfig:
     pending_max: int = 100_000
     pending_ttl: float = 86_400.0
     retain_versions: int = 10
+    max_classes: int = 1000
     promotion: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
@@ -69,7 +73,7 @@ class EngineConfig:
             object.__setattr__(self, "challenger_init", "copy" if self.challenger is None else "fresh")
         _one_of("challenger_init", self.challenger_init, ("fresh", "copy"))
         _one_of("policy", self.policy, ("auto", "manual"))
-        for name in ("warmup_labels", "pending_max", "retain_versions", "window"):
+        for name in ("warmup_labels", "pending_max", "retain_versions", "window", "max_classes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")

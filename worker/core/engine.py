@@ -108,6 +108,7 @@ class Engine:
         self.champion_history: list[int] = []
         self._ts: float | None = None  # the last event time (lifecycle events carry it)
         self._prev_ts: float | None = None  # the one before: the pending buffers age by the earlier
+        self._classes: set[Any] = set()  # the distinct labels seen (max_classes)
         self._challenger_born = 0  # labelled count at the challenger's creation
         self._promoted_at = 0
         self._transition_at = 0
@@ -127,6 +128,8 @@ class Engine:
         """Score one event; learn from it when its label is known. Raises
         :class:`~worker.errors.RefusedInputError` (counted) when a model raises on it or its id is pending."""
         x = event.features
+        if event.label is not None and event.label not in self._classes:
+            self._new_class(event.label)
         champ, chal, prev = self._champ, self._chal, self._prev
         # (version, prediction, proba) per model, as plain tuples (see the top); the
         # prediction is predict_from_proba(proba), inlined (this runs 2-3 times per event).
@@ -199,6 +202,8 @@ class Engine:
 
     def process_label(self, label: Label) -> None:
         """Join a delayed label with its pending event, or keep it until the event comes."""
+        if label.label not in self._classes:
+            self._new_class(label.label)
         if label.ts is not None:
             self._advance(label.ts)
         if label.position is not None:
@@ -214,6 +219,15 @@ class Engine:
             return
         self.observer.label_joined(True)
         self._learn(scored, label.label)
+
+    def _new_class(self, y: Any) -> None:
+        """Take a label not seen before, unless there are ``max_classes`` already: then the
+        message is refused (a continuous target, or an id sent as the label, would make
+        every model and metric grow with each event, and the status slow to compute)."""
+        if len(self._classes) >= self.config.max_classes:
+            raise self._bad(f"label {str(y)[:50]!r} would be distinct label number {len(self._classes) + 1}, "
+                            f"over max_classes ({self.config.max_classes}): is it a class?")
+        self._classes.add(y)
 
     def _advance(self, ts: float) -> None:
         """Take a message's event time (see :meth:`_clock`)."""
@@ -672,6 +686,7 @@ class Engine:
         # (e8d67cf): no undecodable count, bare river detectors.
         self.counts.setdefault("undecodable", 0)
         self.__dict__.setdefault("_prev_ts", self._ts)  # before the clock took the last two event times
+        self.__dict__.setdefault("_classes", set())  # before max_classes: counted from the restore on
         for mv in self.registry:
             if mv.detector is not None and not isinstance(mv.detector, ErrorDetector):
                 mv.detector = ErrorDetector(mv.detector)
