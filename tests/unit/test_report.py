@@ -259,7 +259,7 @@ def test_a_version_never_scored_has_no_metrics_in_the_versions_table_not_zeros()
     page = report.render_html(data)
     row = next(r for r in page.splitlines() if r.startswith('<tr class="role-challenger">'))
     assert row.endswith('<td class="num">0</td><td class="num">–</td><td class="num">–</td></tr>'), row
-    assert "as of the last status report" in page
+    assert "F1 of a version as of the last status report" in page
 
 
 def test_control_log_without_status_reports_still_has_markers_and_a_note() -> None:

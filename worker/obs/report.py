@@ -174,8 +174,9 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
     elif len(data.points) < 3:
         data.notes.append("Few status reports on the control topic, so few points over time: the worker "
                           "writes one every `status_interval_s` (60 s) and one per `status` command.")
-    data.versions_note = ("Accuracy and F1 of a version as of the last status report that named it: a former "
-                          "champion's stop where it was replaced.")
+    data.versions_note = ("Learned, accuracy and F1 of a version as of the last status report that named "
+                          "it: a former champion's stop where it was replaced (`worker models list` has what "
+                          "each published version had learned).")
     _blank_unscored(data)
     return data
 
