@@ -165,6 +165,7 @@ def bad_messages() -> list[tuple[str, bytes, str]]:
 def test_malformed_events_go_to_the_dlq_and_the_worker_goes_on(bootstrap, unique, tmp_path):
     prefix = unique("dlq") + "."
     create_all_topics(bootstrap, prefix, 3)
+    began = time.monotonic()
     with running(bootstrap, prefix, tmp_path / "worker.log", "--status-interval-s", "0.5") as worker:
         bad = bad_messages()
         records: list[tuple[bytes | None, bytes]] = []
@@ -228,6 +229,10 @@ def test_malformed_events_go_to_the_dlq_and_the_worker_goes_on(bootstrap, unique
             30, "a periodic status report that counts every dead letter",
         )
         assert periodic[-1]["detail"]["counts"]["events"] == len(valid_ids) + 1
+        everyone = [r for r in json_values(read_all(bootstrap, prefix + "control"))
+                    if r["type"] == "status_report" and "command_id" not in r]
+        # one as it starts, then one per 0.5 s (it wrote one per loop once: about a hundred a second)
+        assert len(everyone) <= (time.monotonic() - began) / 0.5 + 2, len(everyone)
 
 
 def set_max_message_bytes(bootstrap: str, topic: str, value: int) -> None:

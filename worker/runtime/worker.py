@@ -331,7 +331,7 @@ class Worker:
         outputs. Not part of the engine's state: a recovery does not repeat it."""
         every = self.settings.status_interval_s
         if every and time.monotonic() - self._last_status >= every:
-            self._last_status = -math.inf  # one status_report right after start: what it restored
+            self._last_status = time.monotonic()
             self.engine.report_status()
             self._handler.flush(emit=True)
 
