@@ -126,8 +126,8 @@ def _losses(scored: list[tuple[Any, Any, Any]], binary: bool) -> list[float | No
             p = proba.get(True, 0.0)
             if p > _P_MAX:  # max(min(p, _P_MAX), _P_MIN), without the calls
                 p = _P_MAX
-            elif not p >= _P_MIN:  # NaN too: one would make every later mean NaN
-                p = _P_MIN
+            elif not p >= _P_MIN:  # NaN too (one would make every later mean NaN): the worst loss
+                p = _P_MIN if p == p or y_true else _P_MAX
             append(-_log(p) if y_true else -_log(1 - p))
         else:
             p = proba.get(y_true)
