@@ -358,6 +358,14 @@ def test_a_truncated_compressed_file_is_one_clear_error(jsonl_file: Path, tmp_pa
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(ConfigError, match="cut.jsonl.gz cannot be read to its end"):
         list(read_records(cut))
+    damaged = tmp_path / "damaged.jsonl.gz"
+    damaged.write_bytes(data[:200] + bytes(b ^ 0x5A for b in data[200:400]) + data[400:])
+    with pytest.raises(ConfigError, match="damaged.jsonl.gz cannot be read to its end"):
+        list(read_records(damaged))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("x,class\n1,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin.csv is not UTF-8 text"):
+        list(read_records(latin, target="class"))
     done = run_cli(cut, "--out", tmp_path / "out")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("worker: configuration error: cut.jsonl.gz cannot")

@@ -14,6 +14,7 @@ import gzip
 import io
 import lzma
 import math
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,9 @@ def _read_through(parts: Iterable[T], path: Path) -> Iterator[T]:
     error, not a traceback half-way through a replay."""
     try:
         yield from parts
-    except (OSError, EOFError, lzma.LZMAError) as e:
+    except UnicodeDecodeError as e:  # a CSV file is read as text
+        raise ConfigError(f"{path.name} is not UTF-8 text ({e.reason})") from None
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
         raise ConfigError(f"{path.name} cannot be read to its end: {e or 'truncated'}") from None
 
 
