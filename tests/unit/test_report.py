@@ -213,6 +213,11 @@ def test_after_a_fresh_start_the_report_shows_the_new_engine_only() -> None:
     assert [p["labelled"] for p in data.points] == sorted(p["labelled"] for p in data.points)
     assert any("earlier engine" in note for note in data.notes)
     assert not any("earlier engine" in note for note in report.load_control(start + new_log).notes)
+    # a restart before any event is no new engine: what was applied meanwhile stays
+    fresh.apply(Command(type="pause_learning", command_id="p"))
+    fresh.report_status()
+    idle = start + [orjson.loads(encode_lifecycle(e)) for e in fresh.take_lifecycle()]
+    assert [e["text"] for e in report.load_control(idle).events] == ["learning paused"]
 
 
 def test_the_a_b_comparison_of_a_traffic_split() -> None:

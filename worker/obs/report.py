@@ -109,8 +109,9 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
 
     Commands (no ``detail``) are skipped; lifecycle events give the markers, the table
     and the lineage; each ``status_report`` gives a point of the timeline. A worker
-    writes one as it starts: one that has seen no event yet starts a new engine (after
-    ``--fresh``, its versions count from 1 again), and what came before is left out.
+    writes one as it starts: one that has seen no event, after one that had, starts a new
+    engine (after ``--fresh``, its versions count from 1 again), and what came before is
+    left out.
     """
     data = ReportData(source=source)
     lifecycle: list[dict[str, Any]] = []
@@ -125,8 +126,8 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
             continue
         status = message["detail"]
         counts = status.get("counts", {})
-        if counts.get("events") == 0 and (lifecycle or data.points):
-            earlier_engine = True
+        if counts.get("events") == 0 and last_status and last_status.get("counts", {}).get("events"):
+            earlier_engine = True  # back to no event at all: a new engine, not a restart
             lifecycle, lineage, data.points = [], {}, []
         last_status = status
         point: dict[str, Any] = {"labelled": counts.get("labelled", message.get("labelled", 0)),
