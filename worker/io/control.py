@@ -43,9 +43,9 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
         if again:
             start = reader.get_watermark_offsets(TopicPartition(control_topic, 0), timeout=DELIVERY_TIMEOUT_S,
                                                  cached=False)[1]
-            earlier = kafka.read_range(reader, control_topic, 0, 0, start - 1) if start else ()
-            if answers := _answers(earlier, command.command_id):
-                return answers
+            for block in kafka.read_backwards(reader, control_topic):
+                if answers := _answers(block, command.command_id):
+                    return answers  # (those in earlier blocks left out: the final one is there)
         delivered: list[Any] = []
         producer.produce(control_topic, value=encode_command(command, secret),
                          on_delivery=lambda err, msg: delivered.append(err or msg))

@@ -110,6 +110,18 @@ def read_range(client: Consumer, topic: str, partition: int, first: int,
         client.unassign()
 
 
+def read_backwards(client: Consumer, topic: str, block: int = 1000) -> Iterator[list[Message]]:
+    """The committed messages of a one-partition topic, ``block`` at a time from its end
+    back to the oldest one retention kept (each block in log order): what is looked for
+    near the end of a long log costs only its tail."""
+    low, end = client.get_watermark_offsets(TopicPartition(topic, 0), timeout=READ_TIMEOUT_S, cached=False)
+    last = end - 1
+    while last >= low:
+        first = max(low, last - block + 1)
+        yield list(read_range(client, topic, 0, first, last))
+        last = first - 1
+
+
 def read_spans(client: Consumer, spans: dict[tuple[str, int], tuple[int, int]]) -> dict[Any, dict]:
     """Read each partition's span ``(first, last)`` at once: ``{(topic, partition): {offset: msg}}``.
 

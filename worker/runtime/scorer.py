@@ -67,15 +67,12 @@ def latest_lifecycle(reader: Any, topic: str,
     Reads back from the end, ``CONTROL_SCAN`` messages at a time, so a long control log
     costs only its tail."""
     end = _end(reader, topic)
-    last = end - 1
-    while last >= 0:
-        first = max(0, last - CONTROL_SCAN + 1)
+    for block in kafka.read_backwards(reader, topic, CONTROL_SCAN):
         found = None
-        for msg in kafka.read_range(reader, topic, 0, first, last):
+        for msg in block:
             found = _lifecycle_of(msg.value(), secrets) or found
         if found is not None:
             return found, end
-        last = first - 1
     return None, end
 
 
