@@ -239,8 +239,9 @@ def test_scorers_serve_version_1_during_the_trainers_warm_up(bootstrap, unique, 
 def test_with_signed_commands_scorers_ignore_a_forged_lifecycle_event(bootstrap, unique, tmp_path):
     """With `--require-signed-commands`, only the trainer's signed lifecycle events choose
     what scorers serve: an unsigned `promoted` naming the old champion and a 100 % split,
-    written by any Kafka client, is ignored — by a running scorer and by one that starts
-    after it (which reads control back from its end)."""
+    written by any Kafka client, is ignored, and so is an old signed one written again —
+    by a running scorer and by one that starts after them (it reads control back from
+    its end)."""
     prefix = unique("forged") + "."
     create_all_topics(bootstrap, prefix, 1)
     signed = "--require-signed-commands"
@@ -261,6 +262,10 @@ def test_with_signed_commands_scorers_ignore_a_forged_lifecycle_event(bootstrap,
         produce(bootstrap, prefix + "control", [(None, orjson.dumps(forged))])
         wait_until(lambda: "ignored a promoted on control without a valid signature" in s1.log(), 30,
                    "the scorer to ignore the forged event")
+        # nor may an old signed event, written again, turn them back to v1
+        old = next(m.value() for m in read_all(bootstrap, prefix + "control")
+                   if b'"signature"' in m.value() and orjson.loads(m.value()).get("champion") == 1)
+        produce(bootstrap, prefix + "control", [(None, old)])
         s2 = scorer(bootstrap, prefix, tmp_path / "s2.log", "s2", signed)
         processes.append(s2)
         s2.wait_ready()

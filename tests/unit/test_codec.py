@@ -2,6 +2,7 @@ import hashlib
 import hmac
 import json
 import math
+import time
 
 import orjson
 import pytest
@@ -545,9 +546,12 @@ def test_a_deeply_nested_field_is_a_bad_signature_not_an_exception():
 def test_a_lifecycle_event_is_signed_with_the_workers_secret():
     event = LifecycleEvent(type="status_report", champion=3, challenger=4, split=25.0, labelled=9,
                            detail={"counts": {"events": 10}, "classes": {True: 0.5}})
+    before = time.time()
     _, fields = decode_command(encode_lifecycle(event, SECRET))
     assert verify_command(fields, SECRET) and not verify_command(fields, b"another secret")
     assert not verify_command({**fields, "champion": 1}, SECRET)
+    assert before - 0.001 <= fields["signed_at"] <= time.time()  # a copy written again is older
+    assert not verify_command({**fields, "signed_at": fields["signed_at"] + 60}, SECRET)
     assert "signature" not in decode_command(encode_lifecycle(event))[1]
 
 

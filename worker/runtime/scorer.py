@@ -25,6 +25,7 @@ models on every event, and keeps the metrics per arm.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,9 +61,9 @@ RETRY_S = 1.0  # between attempts to load a model while the broker does not answ
 
 
 def latest_lifecycle(reader: Any, topic: str,
-                     secrets: Sequence[bytes] | None = None) -> tuple[LifecycleEvent | None, int]:
+                     secrets: Sequence[bytes] | None = None) -> tuple[Signed | None, int]:
     """(the last lifecycle event on ``topic`` that names a champion — signed with one of
-    ``secrets``, when given — or None; the end offset).
+    ``secrets``, when given, and then the last signed — or None; the end offset).
 
     Reads back from the end, ``CONTROL_SCAN`` messages at a time, so a long control log
     costs only its tail."""
@@ -70,10 +71,21 @@ def latest_lifecycle(reader: Any, topic: str,
     for block in kafka.read_backwards(reader, topic, CONTROL_SCAN):
         found = None
         for msg in block:
-            found = _lifecycle_of(msg.value(), secrets) or found
+            found = _newer(found, _lifecycle_of(msg.value(), secrets))
         if found is not None:
             return found, end
     return None, end
+
+
+Signed = tuple[LifecycleEvent, float]  # a lifecycle event and when it was signed (-inf: unsigned)
+
+
+def _newer(current: Signed | None, read: Signed | None) -> Signed | None:
+    """What to follow: ``read`` unless it was signed before ``current`` (a copy of an old
+    event written again to turn the scorers back to an old model)."""
+    if read is None or (current is not None and read[1] < current[1]):
+        return current
+    return read
 
 
 def _end(reader: Any, topic: str) -> int:
@@ -82,21 +94,25 @@ def _end(reader: Any, topic: str) -> int:
     return reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=TXN_CALL_TIMEOUT_S, cached=False)[1]
 
 
-def _lifecycle_of(value: bytes | None, secrets: Sequence[bytes] | None) -> LifecycleEvent | None:
-    """The lifecycle event ``value`` holds, when it names a champion and, if ``secrets``
-    are given (signed commands required), carries a trainer's signature: anyone else
-    could otherwise choose the model and the split that every scorer serves."""
+def _lifecycle_of(value: bytes | None, secrets: Sequence[bytes] | None) -> Signed | None:
+    """The lifecycle event ``value`` holds and when it was signed, when it names a champion
+    and, if ``secrets`` are given (signed commands required), carries a trainer's
+    signature: anyone else could otherwise choose the model and the split that every
+    scorer serves."""
     try:
         decoded, raw = decode_command(value)
     except BadInputError:
         return None
     if not isinstance(decoded, LifecycleEvent) or decoded.champion is None:
         return None
-    if secrets is not None and not verify_command(raw, secrets):
+    if secrets is None:
+        return decoded, -math.inf  # not required: the last one wins, as it comes
+    signed_at = raw.get("signed_at")
+    if not verify_command(raw, secrets) or type(signed_at) not in (int, float):
         log.warning("ignored a %s on control without a valid signature (signed commands are required)",
                     decoded.type)
         return None
-    return decoded
+    return decoded, float(signed_at)
 
 
 @dataclass(frozen=True)
@@ -123,7 +139,7 @@ class ModelFeed:
         self.champion: Served | None = None
         self.challenger: Served | None = None  # only under a split
         self.split = 0.0
-        self._wanted: LifecycleEvent | None = None  # the latest lifecycle event read
+        self._wanted: Signed | None = None  # the latest lifecycle event read, when it was signed
         self._next_try = 0.0  # after a broker error: when to try loading again
         self._unreachable = False  # the last attempt to load failed for want of a broker
         self._failed: dict[int, bytes | None] = {}  # version → the manifest it could not be loaded with
@@ -156,7 +172,7 @@ class ModelFeed:
         anew."""
         for msg in self._control.consume(num_messages=100, timeout=0):
             if not msg.error():
-                self._wanted = _lifecycle_of(msg.value(), self._trusted) or self._wanted
+                self._wanted = _newer(self._wanted, _lifecycle_of(msg.value(), self._trusted))
         for msg in self._models.consume(num_messages=100, timeout=0):
             if not msg.error():
                 self._catalog.add(msg.key(), msg.value())
@@ -173,9 +189,9 @@ class ModelFeed:
     def _what_to_serve(self) -> tuple[int, int | None, float]:
         """(champion, challenger or None, split) as the control log says last; before any
         lifecycle event, version 1 alone (the trainer publishes it during its warm-up too)."""
-        wanted = self._wanted
-        if wanted is None:
+        if self._wanted is None:
             return 1, None, 0.0
+        wanted = self._wanted[0]
         split = wanted.split or 0.0  # None: a trainer of a release that did not say
         return wanted.champion, wanted.challenger if split else None, split
 
