@@ -425,6 +425,17 @@ def test_a_label_beyond_max_classes_is_refused():
         restored.process(Event(id="e-e", features={"x": 1.0}, label="e"))
 
 
+def test_a_message_refused_for_another_reason_takes_no_class():
+    engine = Engine(EngineConfig(champion="tree.HoeffdingTreeClassifier", warmup_labels=5, max_classes=2))
+    engine.process(Event(id="a", features={"x": 1.0}))  # pending: a labelled copy is refused
+    for junk in ("junk-1", "junk-2"):
+        with pytest.raises(RefusedInputError, match="is already pending"):
+            engine.process(Event(id="a", features={"x": 1.0}, label=junk))
+    for i, label in enumerate("uvuv"):
+        engine.process(Event(id=f"e{i}", features={"x": float(i)}, label=label))
+    assert engine.counts["labelled"] == 4
+
+
 def test_event_on_which_a_model_raises_is_bad_and_the_engine_goes_on():
     data = two_concepts(120, seed=6)
     engine = Engine(EngineConfig(champion=LOGREG, warmup_labels=50))

@@ -129,7 +129,7 @@ class Engine:
         :class:`~worker.errors.RefusedInputError` (counted) when a model raises on it or its id is pending."""
         x = event.features
         if event.label is not None and event.label not in self._classes:
-            self._new_class(event.label)
+            self._check_class(event.label)
         champ, chal, prev = self._champ, self._chal, self._prev
         # (version, prediction, proba) per model, as plain tuples (see the top); the
         # prediction is predict_from_proba(proba), inlined (this runs 2-3 times per event).
@@ -203,7 +203,7 @@ class Engine:
     def process_label(self, label: Label) -> None:
         """Join a delayed label with its pending event, or keep it until the event comes."""
         if label.label not in self._classes:
-            self._new_class(label.label)
+            self._check_class(label.label)
         if label.ts is not None:
             self._advance(label.ts)
         if label.position is not None:
@@ -214,20 +214,21 @@ class Engine:
             try:
                 stamp = self._clock() if label.ts is None else label.ts
                 self._evicted("labels", "capacity", self.early.put(label.id, label, stamp))
+                self._classes.add(label.label)
             except DuplicateIdError as e:
                 raise self._bad(f"label: {e}") from e
             return
         self.observer.label_joined(True)
         self._learn(scored, label.label)
 
-    def _new_class(self, y: Any) -> None:
-        """Take a label not seen before, unless there are ``max_classes`` already: then the
-        message is refused (a continuous target, or an id sent as the label, would make
-        every model and metric grow with each event, and the status slow to compute)."""
+    def _check_class(self, y: Any) -> None:
+        """Refuse a label not seen before when there are ``max_classes`` already (a
+        continuous target, or an id sent as the label, would make every model and metric
+        grow with each event, and the status slow to compute). A label is counted once
+        it is learned or kept waiting, not when its message is refused for another reason."""
         if len(self._classes) >= self.config.max_classes:
             raise self._bad(f"label {str(y)[:50]!r} would be distinct label number {len(self._classes) + 1}, "
                             f"over max_classes ({self.config.max_classes}): is it a class?")
-        self._classes.add(y)
 
     def _advance(self, ts: float) -> None:
         """Take a message's event time (see :meth:`_clock`)."""
@@ -255,6 +256,7 @@ class Engine:
         the policy."""
         counts = self.counts
         counts["labelled"] += 1
+        self._classes.add(y)
         x, served_by, c, h, p = scored
         # 0/1 losses (policy.zero_one_loss, inlined): a missing prediction counts as wrong
         loss_c = 0 if c[1] is not None and c[1] == y else 1

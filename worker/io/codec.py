@@ -249,12 +249,13 @@ def encode_command(c: Command, secret: bytes | None) -> bytes:
     return orjson.dumps(out)
 
 
-def encode_lifecycle(e: LifecycleEvent, secret: bytes | None = None) -> bytes:
+def encode_lifecycle(e: LifecycleEvent, secret: bytes | None = None, signed_at: float | None = None) -> bytes:
     """:class:`LifecycleEvent` → control-topic JSON, ``None`` fields left out; signed as a
     command is (:func:`sign_command`) when a ``secret`` is given, since scorers serve what
     lifecycle events name and, with signed commands required, must not trust anyone else's
     — nor an old one written again: a signed event also carries when it was signed
-    (``signed_at``, wall-clock seconds).
+    (``signed_at``: wall-clock seconds, or the caller's increasing ones, see
+    :class:`worker.io.lifecycle.SigningClock`).
 
     ``detail`` stays a nested object (not flattened), so a type-specific field can
     never clash with a common one.
@@ -279,7 +280,7 @@ def encode_lifecycle(e: LifecycleEvent, secret: bytes | None = None) -> bytes:
     if secret is None:
         return data
     fields = orjson.loads(data)  # signed as the reader will see it: string keys, plain numbers
-    fields["signed_at"] = round(time.time(), 3)  # a copy written again later is older than what it follows
+    fields["signed_at"] = signed_at if signed_at is not None else math.floor(time.time() * 1000) / 1000
     fields["signature"] = sign_command(fields, secret)
     return orjson.dumps(fields)
 

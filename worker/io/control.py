@@ -43,9 +43,8 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
         if again:
             start = reader.get_watermark_offsets(TopicPartition(control_topic, 0), timeout=DELIVERY_TIMEOUT_S,
                                                  cached=False)[1]
-            for block in kafka.read_backwards(reader, control_topic):
-                if answers := _answers(block, command.command_id):
-                    return answers  # (those in earlier blocks left out: the final one is there)
+            if answers := _answers(_earlier(reader, control_topic, command.command_id), command.command_id):
+                return answers
         delivered: list[Any] = []
         producer.produce(control_topic, value=encode_command(command, secret),
                          on_delivery=lambda err, msg: delivered.append(err or msg))
@@ -57,6 +56,27 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
                       command.command_id, wait_s)
     finally:
         reader.close()
+
+
+def _earlier(reader: Any, topic: str, command_id: str) -> list[Any]:
+    """The messages on ``topic`` that mention ``command_id``, read back from the end until
+    the command itself (its answers follow it, perhaps a block later)."""
+    key = command_id.encode()
+    found: list[Any] = []
+    for block in kafka.read_backwards(reader, topic):
+        mentions = [msg for msg in block if key in (msg.value() or b"")]
+        found = mentions + found
+        if any(_is_command(msg, command_id) for msg in mentions):
+            break
+    return found
+
+
+def _is_command(msg: Any, command_id: str) -> bool:
+    try:
+        obj = orjson.loads(msg.value())
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("command_id") == command_id and "detail" not in obj
 
 
 def _await(reader: Any, topic: str, start: int, command_id: str, wait_s: float) -> list[dict] | None:

@@ -27,6 +27,7 @@ from worker.io.codec import (
     encode_prediction,
     verify_command,
 )
+from worker.io.lifecycle import SigningClock
 from worker.io.models import model_messages, tombstones, versions_to_prune
 from worker.io.topics import DEFAULT_MESSAGE_BYTES
 from worker.settings import TopicNames
@@ -174,6 +175,7 @@ class Handler:
         # the first signs our commands and models; operators' commands may carry any
         # (RunSettings.secrets: the current secret, then those of before a rotation)
         self.secret, self.secrets = secrets[0], secrets
+        self.signing = SigningClock()  # signed_at of our lifecycle events
         self.require_signed = require_signed_commands
         self.chunk_bytes = chunk_bytes
         # each output topic's max.message.bytes (topics.message_limits)
@@ -217,8 +219,10 @@ class Handler:
             command = Command(type=e.command_type, command_id=e.command_id, issued_by=e.issued_by)
             self.engine.reject(command, f"invalid command: {e}")
             raise
-        if not isinstance(decoded, Command):
-            return  # a lifecycle event: ours or another worker's answer
+        if not isinstance(decoded, Command):  # a lifecycle event: ours or another worker's answer
+            if type(raw.get("signed_at")) in (int, float) and verify_command(raw, self.secrets):
+                self.signing.seen(raw["signed_at"])  # ours go after it, whatever this host's clock says
+            return
         # a wrong signature is refused even when none is required: the sender has another --secret
         signed = raw.get("signature") is not None
         if (self.require_signed or signed) and not verify_command(raw, self.secrets):
@@ -238,7 +242,8 @@ class Handler:
         for command in decisions:
             self.producer.produce(self.topics.control, value=encode_command(command, self.secret))
         for event in lifecycle:
-            self.producer.produce(self.topics.control, value=encode_lifecycle(event, self.secret))
+            self.producer.produce(self.topics.control,
+                                  value=encode_lifecycle(event, self.secret, self.signing.next()))
             log.info("%s", event.type, extra={"context": {"command_id": event.command_id,
                                                           "champion": event.champion,
                                                           "challenger": event.challenger}})

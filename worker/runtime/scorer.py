@@ -25,9 +25,7 @@ models on every event, and keeps the metrics per arm.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +35,11 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPart
 from worker.core.metrics import predict_from_proba
 from worker.core.observer import Observer
 from worker.core.split import serves_challenger
-from worker.core.types import Event, LifecycleEvent, Prediction
+from worker.core.types import Event, Prediction
 from worker.errors import BadInputError, ConfigError, Fenced, SignatureError, SnapshotError, WorkerError
 from worker.io import kafka
-from worker.io.codec import decode_command, decode_event, verify_command
+from worker.io.codec import decode_event
+from worker.io.lifecycle import Signed, latest_lifecycle, lifecycle_of, newer
 from worker.io.models import Catalog, read_catalog, read_models
 from worker.io.topics import DEFAULT_MESSAGE_BYTES, check_not_deleted, message_limits, require_topics
 from worker.runtime.handler import DeadLetters, batch_bytes, produce_prediction
@@ -55,64 +54,14 @@ from worker.runtime.worker import (
 
 log = logging.getLogger("worker.scorer")
 
-CONTROL_SCAN = 1000  # control messages read per step back from its end, looking for a lifecycle event
 SESSION_TIMEOUT_MS = 10_000  # the group's session timeout for scorers (see Scorer.run)
 RETRY_S = 1.0  # between attempts to load a model while the broker does not answer
-
-
-def latest_lifecycle(reader: Any, topic: str,
-                     secrets: Sequence[bytes] | None = None) -> tuple[Signed | None, int]:
-    """(the last lifecycle event on ``topic`` that names a champion — signed with one of
-    ``secrets``, when given, and then the last signed — or None; the end offset).
-
-    Reads back from the end, ``CONTROL_SCAN`` messages at a time, so a long control log
-    costs only its tail."""
-    end = _end(reader, topic)
-    for block in kafka.read_backwards(reader, topic, CONTROL_SCAN):
-        found = None
-        for msg in block:
-            found = _newer(found, _lifecycle_of(msg.value(), secrets))
-        if found is not None:
-            return found, end
-    return None, end
-
-
-Signed = tuple[LifecycleEvent, float]  # a lifecycle event and when it was signed (-inf: unsigned)
-
-
-def _newer(current: Signed | None, read: Signed | None) -> Signed | None:
-    """What to follow: ``read`` unless it was signed before ``current`` (a copy of an old
-    event written again to turn the scorers back to an old model)."""
-    if read is None or (current is not None and read[1] < current[1]):
-        return current
-    return read
 
 
 def _end(reader: Any, topic: str) -> int:
     """Where a one-partition topic's committed messages end (a read_committed reader's
     high watermark is the last stable offset)."""
     return reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=TXN_CALL_TIMEOUT_S, cached=False)[1]
-
-
-def _lifecycle_of(value: bytes | None, secrets: Sequence[bytes] | None) -> Signed | None:
-    """The lifecycle event ``value`` holds and when it was signed, when it names a champion
-    and, if ``secrets`` are given (signed commands required), carries a trainer's
-    signature: anyone else could otherwise choose the model and the split that every
-    scorer serves."""
-    try:
-        decoded, raw = decode_command(value)
-    except BadInputError:
-        return None
-    if not isinstance(decoded, LifecycleEvent) or decoded.champion is None:
-        return None
-    if secrets is None:
-        return decoded, -math.inf  # not required: the last one wins, as it comes
-    signed_at = raw.get("signed_at")
-    if not verify_command(raw, secrets) or type(signed_at) not in (int, float):
-        log.warning("ignored a %s on control without a valid signature (signed commands are required)",
-                    decoded.type)
-        return None
-    return decoded, float(signed_at)
 
 
 @dataclass(frozen=True)
@@ -156,7 +105,8 @@ class ModelFeed:
         topics = self.settings.kafka.topics
         reader = kafka.reader(self._reader_config)
         try:
-            self._wanted, control_end = latest_lifecycle(reader, topics.control, self._trusted)
+            control_end = _end(reader, topics.control)  # what comes after it is read twice: harmless
+            self._wanted = latest_lifecycle(reader, topics.control, self._trusted)
             models_end = _end(reader, topics.models)  # what comes after it is read twice: harmless
             champion, challenger, _ = self._what_to_serve()
             self._catalog = read_catalog(reader, topics.models, chunks_of={champion, challenger} - {None})
@@ -172,7 +122,7 @@ class ModelFeed:
         anew."""
         for msg in self._control.consume(num_messages=100, timeout=0):
             if not msg.error():
-                self._wanted = _newer(self._wanted, _lifecycle_of(msg.value(), self._trusted))
+                self._wanted = newer(self._wanted, lifecycle_of(msg.value(), self._trusted))
         for msg in self._models.consume(num_messages=100, timeout=0):
             if not msg.error():
                 self._catalog.add(msg.key(), msg.value())

@@ -33,6 +33,7 @@ from worker.core.observer import Observer
 from worker.errors import ConfigError, Fenced, SignatureError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
+from worker.io.lifecycle import latest_lifecycle
 from worker.io.models import Catalog, read_models
 from worker.io.topics import check_not_deleted, check_shapes, message_limits, missing_topics, require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
@@ -551,6 +552,18 @@ class Worker:
                                 message_bytes=self._message_bytes,
                                 models_on_topic=on_topic,
                                 learning_on_topic=catalog.learning())
+        self._handler.signing.seen(self._last_signed_at())
+
+    def _last_signed_at(self) -> float:
+        """When the last lifecycle event on control that this worker's secrets verify was
+        signed: its own go after it, so scorers follow them even when this host's clock is
+        behind the previous instance's."""
+        reader = self._state_reader()
+        try:
+            latest = latest_lifecycle(reader, self.topics.control, self.settings.secrets, warn=False)
+        finally:
+            reader.close()
+        return latest[1] if latest is not None else -math.inf
 
     def _publish_models(self) -> None:
         """At start, on `models`: a new engine first prunes the previous engine's versions
