@@ -37,6 +37,7 @@ from worker.io.lifecycle import latest_lifecycle
 from worker.io.models import Catalog, read_models
 from worker.io.topics import check_not_deleted, check_shapes, message_limits, missing_topics, require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
+from worker.runtime.every import Every
 from worker.runtime.handler import Handler, batch_bytes, chunk_bytes
 from worker.settings import KafkaSettings
 
@@ -137,7 +138,8 @@ class Worker:
         self._snapshot_events = 0  # engine's event count at the last snapshot
         self._learners_published = 0.0  # --role trainer: when models that learn were last published
         self._last_commit = 0.0
-        self._last_status = -math.inf  # one status_report right after start: what it restored
+        # one status_report right after start (what it restored), then one per interval
+        self._status_due = Every(settings.status_interval_s, at_once=True)
         self._learn_errors_said = 0  # engine.counts["learn_errors"] when last logged
         self._learn_errors_at = -LEARN_ERRORS_EVERY_S
         self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check_topics)
@@ -330,9 +332,7 @@ class Worker:
     def _report_status_when_due(self) -> None:
         """The periodic ``status_report`` (ARCHITECTURE.md §2), written with this interval's
         outputs. Not part of the engine's state: a recovery does not repeat it."""
-        every = self.settings.status_interval_s
-        if every and time.monotonic() - self._last_status >= every:
-            self._last_status = time.monotonic()
+        if self._status_due.due():
             self.engine.report_status()
             self._handler.flush(emit=True)
 
