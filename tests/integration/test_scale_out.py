@@ -265,7 +265,7 @@ def test_with_signed_commands_scorers_ignore_a_forged_lifecycle_event(bootstrap,
         # nor may an old signed event, written again, turn them back to v1
         old = next(m.value() for m in read_all(bootstrap, prefix + "control")
                    if b'"signature"' in m.value() and orjson.loads(m.value()).get("champion") == 1)
-        produce(bootstrap, prefix + "control", [(None, old)])
+        produce(bootstrap, prefix + "control", [(None, old)] + [(None, b"noise")] * 1100)  # past one block
         s2 = scorer(bootstrap, prefix, tmp_path / "s2.log", "s2", signed)
         processes.append(s2)
         s2.wait_ready()

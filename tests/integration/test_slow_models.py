@@ -47,8 +47,9 @@ def test_slow_model_keeps_transactions_short_and_loses_nothing(bootstrap, unique
         wait_until(lambda: len(predicted_ids(bootstrap, prefix)) >= 200, 90, "200 predictions")
         samples = scrape(base)
         spans = value(samples, "worker_transaction_span_seconds_count")
-        # commit interval 100 ms: every transaction committed within 0.5 s of its first input
-        assert value(samples, "worker_transaction_span_seconds_bucket", le="0.5") == spans, samples
+        # commit interval 100 ms: every transaction committed within 1 s of its first input (a
+        # batch of 500 events at ~5 ms each would take 2.5 s; a loaded machine may stretch 0.1 s)
+        assert value(samples, "worker_transaction_span_seconds_bucket", le="1.0") == spans, samples
         assert spans >= 2  # not one batch-long transaction (how many depends on the machine)
     finally:
         assert first.stop() == 0, first.log()[-3000:]  # SIGTERM with messages left over

@@ -60,23 +60,32 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
 
 def _earlier(reader: Any, topic: str, command_id: str) -> list[Any]:
     """The messages on ``topic`` that mention ``command_id``, read back from the end until
-    the command itself (its answers follow it, perhaps a block later)."""
-    key = command_id.encode()
+    they hold a copy of the command followed by its final answer (the answers may span
+    two blocks, and the command may have been sent again after it was answered)."""
+    key = orjson.dumps(command_id)[1:-1]  # as JSON writes it in a message
     found: list[Any] = []
     for block in kafka.read_backwards(reader, topic):
-        mentions = [msg for msg in block if key in (msg.value() or b"")]
-        found = mentions + found
-        if any(_is_command(msg, command_id) for msg in mentions):
+        found = [msg for msg in block if key in (msg.value() or b"")] + found
+        if _answered(found, command_id):
             break
     return found
 
 
-def _is_command(msg: Any, command_id: str) -> bool:
-    try:
-        obj = orjson.loads(msg.value())
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and obj.get("command_id") == command_id and "detail" not in obj
+def _answered(messages: list[Any], command_id: str) -> bool:
+    """Whether a copy of the command comes before a final answer to it."""
+    sent = False
+    for msg in messages:
+        try:
+            obj = orjson.loads(msg.value())
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(obj, dict) or obj.get("command_id") != command_id:
+            continue
+        if "detail" not in obj:
+            sent = True
+        elif sent and obj.get("type") in FINAL:
+            return True
+    return False
 
 
 def _await(reader: Any, topic: str, start: int, command_id: str, wait_s: float) -> list[dict] | None:

@@ -23,21 +23,26 @@ from worker.io.codec import decode_command, verify_command
 log = logging.getLogger("worker.lifecycle")
 
 SCAN = 1000  # control messages read per step back from its end
+DEPTH = 20_000  # how far back the signed events are compared (a week of status reports is ~10,000)
 Signed = tuple[LifecycleEvent, float]  # a lifecycle event and when it was signed (-inf: unknown)
 
 
 def latest_lifecycle(reader: Any, topic: str, secrets: Sequence[bytes] | None = None,
                      warn: bool = True) -> Signed | None:
-    """The last lifecycle event on ``topic`` that names a champion — when ``secrets`` are
-    given, the last one signed with one of them — or None. Reads back from the end, a
-    block at a time, so a long control log costs only its tail."""
+    """The lifecycle event on ``topic`` to follow, or None: the last one written that
+    names a champion; when ``secrets`` are given, the one signed last among the newest
+    :data:`DEPTH` messages. Reads back from the end, a block at a time, so a long control
+    log costs only its tail (and a flooded one no more than DEPTH messages)."""
+    found, read = None, 0
     for block in kafka.read_backwards(reader, topic, SCAN):
-        found = None
         for msg in block:
             found = newer(found, lifecycle_of(msg.value(), secrets, warn))
-        if found is not None:
-            return found
-    return None
+        read += len(block)
+        if secrets is None and found is not None:
+            break  # the newest block that holds one: the last one written wins
+        if secrets is not None and read >= DEPTH:
+            break  # past an old signed event written again, and a flood of other messages after it
+    return found
 
 
 def newer(current: Signed | None, read: Signed | None) -> Signed | None:
