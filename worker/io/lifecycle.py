@@ -68,11 +68,21 @@ def lifecycle_of(value: bytes | None, secrets: Sequence[bytes] | None, warn: boo
         return decoded, -math.inf  # not required: the last one wins, as it comes
     if not verify_command(raw, secrets):
         if warn:
-            log.warning("ignored a %s on control without a valid signature (signed commands are required)",
-                        decoded.type)
+            _say_ignored(decoded.type)
         return None
     signed_at = raw.get("signed_at")
     return decoded, float(signed_at) if type(signed_at) in (int, float) else -math.inf
+
+
+_ignored = {"since": 0, "said_at": -math.inf}  # lines about unsigned events: at most one per 10 s
+
+
+def _say_ignored(kind: str) -> None:
+    _ignored["since"] += 1
+    if time.monotonic() - _ignored["said_at"] >= 10:
+        log.warning("ignored a %s on control without a valid signature (signed commands are required; "
+                    "%d such events since the last line)", kind, _ignored["since"])
+        _ignored.update(since=0, said_at=time.monotonic())
 
 
 class SigningClock:
