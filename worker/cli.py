@@ -161,7 +161,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 @click.option("--snapshot-interval-events", envvar="WORKER_SNAPSHOT_INTERVAL_EVENTS",
               type=click.IntRange(min=0), help="Also snapshot after this many events; 0: by time only [0].")
 @click.option("--status-interval-s", envvar="WORKER_STATUS_INTERVAL_S", type=click.FloatRange(min=0),
-              help="A status_report on the control topic per interval; 0: only on request [60].")
+              help="A status_report on control per interval (and one at start); 0: none periodic [60].")
 @click.option("--metrics-port", envvar="WORKER_METRICS_PORT", type=click.IntRange(0, 65535),
               help="Serve /metrics, /healthz and /readyz on this port.")
 @click.option("--secret", envvar="WORKER_SECRET", help="Signs snapshots and the worker's commands.")

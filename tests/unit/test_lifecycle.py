@@ -10,7 +10,7 @@ import orjson
 
 from worker.core.types import LifecycleEvent
 from worker.io.codec import encode_lifecycle, sign_command
-from worker.io.lifecycle import SigningClock, lifecycle_of, newer
+from worker.io.lifecycle import DEPTH, SigningClock, latest_of, lifecycle_of, newer
 
 KEY = (b"trainer secret",)
 
@@ -18,6 +18,13 @@ KEY = (b"trainer secret",)
 def promoted(champion: int, signed_at: float | None = None, secret: bytes | None = KEY[0]) -> bytes:
     event = LifecycleEvent(type="promoted", champion=champion, challenger=champion + 1, split=0.0)
     return encode_lifecycle(event, secret, signed_at)
+
+
+def legacy(champion: int) -> bytes:
+    """Signed as a release without ``signed_at`` signed."""
+    event = orjson.loads(promoted(champion, secret=None))
+    event["signature"] = sign_command(event, KEY[0])
+    return orjson.dumps(event)
 
 
 def follow(*messages: bytes, secrets=KEY):
@@ -35,12 +42,9 @@ def test_the_last_signed_wins_not_the_last_written():
 
 
 def test_an_older_release_signed_without_signed_at_and_is_followed_until_a_newer_one():
-    event = orjson.loads(promoted(3, secret=None))
-    event["signature"] = sign_command(event, KEY[0])  # as the previous release signed
-    legacy = orjson.dumps(event)
-    assert lifecycle_of(legacy, KEY)[1] == -math.inf
-    assert follow(legacy) == 3 and follow(legacy, promoted(4, 1.0)) == 4
-    assert follow(promoted(4, 1.0), legacy) == 4
+    assert lifecycle_of(legacy(3), KEY)[1] == -math.inf
+    assert follow(legacy(3)) == 3 and follow(legacy(3), promoted(4, 1.0)) == 4
+    assert follow(promoted(4, 1.0), legacy(3)) == 4
 
 
 def test_without_required_signatures_the_last_written_wins():
@@ -53,3 +57,17 @@ def test_the_signing_clock_only_goes_forward():
     assert first == math.floor(first * 1000) / 1000  # milliseconds, never rounded up
     clock.seen(first + 3600)  # the previous instance's clock was an hour ahead of ours
     assert clock.next() == first + 3600 + 0.001 and clock.next() > first + 3600 + 0.001
+
+
+def champion_of(found) -> int | None:
+    return None if found is None else found[0].champion
+
+
+def test_at_start_the_newest_of_equals_wins_across_blocks_and_the_last_signed_within_depth():
+    old_release = [[legacy(v) for v in range(first, first + 1000)] for first in (2001, 1001, 1)]  # newest 1st
+    assert champion_of(latest_of(old_release, KEY)) == 3000, "not the oldest block's last"
+    replayed = [[promoted(1, 10.0)] + [b"noise"] * 1100, [promoted(5, 20.0)]]  # newest block first
+    assert champion_of(latest_of(replayed, KEY)) == 5
+    assert champion_of(latest_of(replayed, None)) == 1, "without signatures: the last one written"
+    beyond = [[promoted(1, 10.0)], [b"noise"] * DEPTH, [promoted(5, 20.0)]]
+    assert champion_of(latest_of(beyond, KEY)) == 1, "the look-back stops after DEPTH messages"

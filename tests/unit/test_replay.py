@@ -330,11 +330,15 @@ def test_csv_options_on_a_jsonl_file_are_refused_and_non_finite_cells_are_bad(tm
     with pytest.raises(ConfigError, match="are for CSV files; events.jsonl is read as JSONL"):
         read_records(events, target="label")
     path = tmp_path / "nan.csv"
-    path.write_text("x,class\n1,UP\nnan,UP\n-inf,DOWN\n1e300,UP\n")
+    path.write_text("x,class\n1,UP\nnan,UP\n-inf,DOWN\n1e300,UP\n" + "y" * 4097 + ",UP\n")
     records = list(read_records(path, target="class", positive="UP"))
     assert [r.reason for r in records if isinstance(r, BadRecord)] == [
         "non-finite number 'nan'", "non-finite number '-inf'",
-        "number '1e300' is larger than 1e+100 in magnitude"]
+        "number '1e300' is larger than 1e+100 in magnitude", "string cell longer than 4096 characters"]
+    wide = tmp_path / "wide.csv"  # the limits of a JSON event hold for a CSV row too
+    wide.write_text(",".join([f"f{i}" for i in range(1001)] + ["class"]) + "\n")
+    with pytest.raises(ConfigError, match="wide.csv has 1001 feature columns, more than an event may have"):
+        list(read_records(wide, target="class"))
 
 
 @pytest.mark.parametrize("suffix, opener", [(".gz", "gzip"), (".bz2", "bz2"), (".xz", "lzma")])

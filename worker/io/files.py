@@ -115,6 +115,9 @@ def read_csv(path: Path, *, target: str, id_column: str | None, drop: Sequence[s
         at = {c: i for i, c in enumerate(columns)}
         skip = {target, id_column, *drop}
         features_of = [(c, at[c]) for c in columns if c not in skip]
+        if len(features_of) > DEFAULT_LIMITS.max_features:
+            raise ConfigError(f"{path.name} has {len(features_of)} feature columns, more than an event may "
+                              f"have ({DEFAULT_LIMITS.max_features}); drop some with --drop-column")
         labels_seen: set[str] = set()
         line, number = reader.line_num, 0  # the line the next record starts after; rows so far
         for cells in reader:
@@ -144,10 +147,12 @@ def read_csv(path: Path, *, target: str, id_column: str | None, drop: Sequence[s
 
 def _cell(text: str) -> float | str:
     """A number when the cell is one; a non-finite or huge one is bad input, as it is in
-    JSON events (see `Limits.max_abs_number`), rather than a string or a poisoned model."""
+    JSON events (see `Limits`), rather than a string or a poisoned model; so is a long string."""
     try:
         value = float(text)
     except ValueError:
+        if len(text) > (longest := DEFAULT_LIMITS.max_string_chars):
+            raise BadInputError(f"string cell longer than {longest} characters") from None
         return text
     if not math.isfinite(value):
         raise BadInputError(f"non-finite number {text.strip()!r}")

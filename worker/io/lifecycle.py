@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from worker.core.types import LifecycleEvent
@@ -29,19 +29,31 @@ Signed = tuple[LifecycleEvent, float]  # a lifecycle event and when it was signe
 
 def latest_lifecycle(reader: Any, topic: str, secrets: Sequence[bytes] | None = None,
                      warn: bool = True) -> Signed | None:
-    """The lifecycle event on ``topic`` to follow, or None: the last one written that
-    names a champion; when ``secrets`` are given, the one signed last among the newest
-    :data:`DEPTH` messages. Reads back from the end, a block at a time, so a long control
-    log costs only its tail (and a flooded one no more than DEPTH messages)."""
+    """The lifecycle event on ``topic`` to follow (see :func:`latest_of`), read back from
+    the end a block at a time, so a long control log costs only its tail."""
+    blocks = ([msg.value() for msg in block] for block in kafka.read_backwards(reader, topic, SCAN))
+    return latest_of(blocks, secrets, warn)
+
+
+def latest_of(blocks: Iterable[list[bytes | None]], secrets: Sequence[bytes] | None = None,
+              warn: bool = True) -> Signed | None:
+    """Of control's messages, in blocks from the newest back (each in log order): the last
+    lifecycle event written that names a champion, or None; when ``secrets`` are given,
+    the one signed last among the newest :data:`DEPTH` messages (of equals, the last
+    written), so that neither an old signed event written again nor a flood of other
+    messages after it decides."""
     found, read = None, 0
-    for block in kafka.read_backwards(reader, topic, SCAN):
-        for msg in block:
-            found = newer(found, lifecycle_of(msg.value(), secrets, warn))
+    for block in blocks:
+        best = None
+        for value in block:  # in log order: of equals, the later one
+            best = newer(best, lifecycle_of(value, secrets, warn))
+        if best is not None and (found is None or best[1] > found[1]):  # of equals, the newer block's
+            found = best
         read += len(block)
         if secrets is None and found is not None:
             break  # the newest block that holds one: the last one written wins
         if secrets is not None and read >= DEPTH:
-            break  # past an old signed event written again, and a flood of other messages after it
+            break
     return found
 
 

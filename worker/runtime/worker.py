@@ -138,8 +138,7 @@ class Worker:
         self._snapshot_events = 0  # engine's event count at the last snapshot
         self._learners_published = 0.0  # --role trainer: when models that learn were last published
         self._last_commit = 0.0
-        # one status_report right after start (what it restored), then one per interval
-        self._status_due = Every(settings.status_interval_s, at_once=True)
+        self._status_due = Every(settings.status_interval_s)  # and one at each start (_start)
         self._learn_errors_said = 0  # engine.counts["learn_errors"] when last logged
         self._learn_errors_at = -LEARN_ERRORS_EVERY_S
         self._message_bytes: dict[str, int] = {}  # max.message.bytes of the outputs (_check_topics)
@@ -214,7 +213,9 @@ class Worker:
         if self.exactly_once:
             self._warn_unstable_outputs()
             self._producer.begin_transaction()
-        self._publish_models()
+        self._prune_previous_engine()
+        self.engine.report_status()  # what it restored, signed: scorers and reports start from it
+        self._handler.flush(emit=True)  # with the champion on `models`, unless it is there
         if self.exactly_once:
             self._commit(force_snapshot=True)  # a fresh baseline: recovery never replays twice
         self.ready = True
@@ -565,22 +566,15 @@ class Worker:
             reader.close()
         return latest[1] if latest is not None else -math.inf
 
-    def _publish_models(self) -> None:
-        """At start, on `models`: a new engine first prunes the previous engine's versions
-        (its own v1 must not be taken for theirs) and says on control that v1 is champion
-        now (scorers follow the last lifecycle event there, which named the previous
-        engine's); then the current champion, unless the topic has it (its first
-        publication may predate models on the topic, an older release, or have been
-        aborted)."""
+    def _prune_previous_engine(self) -> None:
+        """At start, a new engine first prunes the previous engine's versions from `models`
+        (its own v1 must not be taken for theirs); the status report that follows says on
+        control that v1 is champion now, and publishes it (:meth:`Handler.flush`)."""
         stale = sorted(self._handler.models_on_topic) if self._new_lineage else []
         if stale:
             log.warning("new engine: pruning the %d versions of the previous engine from %s (v%d-v%d)",
                         len(stale), self.topics.models, stale[0], stale[-1])
             self._handler.prune_models(stale)
-            self.engine.report_status()
-            self._handler.flush(emit=True)  # publishes the champion too
-        else:
-            self._handler.publish_champion()
 
     def _warn_unstable_outputs(self) -> None:
         """Say so when a topic only this worker writes has an open transaction right
