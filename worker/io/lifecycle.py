@@ -40,8 +40,8 @@ def latest_of(blocks: Iterable[list[bytes | None]], secrets: Sequence[bytes] | N
     """Of control's messages, in blocks from the newest back (each in log order): the last
     lifecycle event written that names a champion, or None; when ``secrets`` are given,
     the one signed last among the newest :data:`DEPTH` messages (of equals, the last
-    written), so that neither an old signed event written again nor a flood of other
-    messages after it decides."""
+    written), so that an old signed event written again does not decide — unless more
+    than DEPTH other messages follow it, until the trainer's next event."""
     found, read = None, 0
     for block in blocks:
         best = None
