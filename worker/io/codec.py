@@ -280,12 +280,17 @@ def encode_lifecycle(e: LifecycleEvent, secret: bytes | None = None, signed_at: 
     if secret is None:
         return data
     fields = orjson.loads(data)  # signed as the reader will see it: string keys, plain numbers
-    fields["signed_at"] = signed_at if signed_at is not None else math.floor(time.time() * 1000) / 1000
+    fields["signed_at"] = signed_at if signed_at is not None else signing_time()
     fields["signature"] = sign_command(fields, secret)
     return orjson.dumps(fields)
 
 
 # --------------------------------------------------------------------------- signatures
+
+
+def signing_time() -> float:
+    """Wall-clock seconds to the millisecond, never rounded up: a ``signed_at``."""
+    return math.floor(time.time() * 1000) / 1000
 
 
 def sign_command(fields: dict[str, Any], secret: bytes | str) -> str:

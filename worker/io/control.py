@@ -41,8 +41,7 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
     try:
         start = None  # where to look for the answer: after the command, or all that came since the look
         if again:
-            start = reader.get_watermark_offsets(TopicPartition(control_topic, 0), timeout=DELIVERY_TIMEOUT_S,
-                                                 cached=False)[1]
+            start = kafka.bounds(reader, control_topic)[1]
             if answers := _answers(_earlier(reader, control_topic, command.command_id), command.command_id):
                 return answers
         delivered: list[Any] = []

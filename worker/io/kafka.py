@@ -110,11 +110,17 @@ def read_range(client: Consumer, topic: str, partition: int, first: int,
         client.unassign()
 
 
+def bounds(client: Consumer, topic: str) -> tuple[int, int]:
+    """(the oldest offset retention kept, the end) of a one-partition topic; for a
+    read_committed ``client`` (:func:`reader`) the end is the last stable offset."""
+    return client.get_watermark_offsets(TopicPartition(topic, 0), timeout=READ_TIMEOUT_S, cached=False)
+
+
 def read_backwards(client: Consumer, topic: str, block: int = 1000) -> Iterator[list[Message]]:
     """The committed messages of a one-partition topic, ``block`` at a time from its end
     back to the oldest one retention kept (each block in log order): what is looked for
     near the end of a long log costs only its tail."""
-    low, end = client.get_watermark_offsets(TopicPartition(topic, 0), timeout=READ_TIMEOUT_S, cached=False)
+    low, end = bounds(client, topic)
     last = end - 1
     while last >= low:
         first = max(low, last - block + 1)

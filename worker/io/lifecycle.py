@@ -18,7 +18,7 @@ from typing import Any
 from worker.core.types import LifecycleEvent
 from worker.errors import BadInputError
 from worker.io import kafka
-from worker.io.codec import decode_command, verify_command
+from worker.io.codec import decode_command, signing_time, verify_command
 
 log = logging.getLogger("worker.lifecycle")
 
@@ -109,6 +109,6 @@ class SigningClock:
         self.last = max(self.last, signed_at)
 
     def next(self) -> float:
-        now = math.floor(time.time() * 1000) / 1000
+        now = signing_time()
         self.last = now if now > self.last else self.last + 0.001
         return self.last

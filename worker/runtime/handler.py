@@ -220,8 +220,10 @@ class Handler:
             self.engine.reject(command, f"invalid command: {e}")
             raise
         if not isinstance(decoded, Command):  # a lifecycle event: ours or another worker's answer
-            if type(raw.get("signed_at")) in (int, float) and verify_command(raw, self.secrets):
-                self.signing.seen(raw["signed_at"])  # ours go after it, whatever this host's clock says
+            signed_at = raw.get("signed_at")  # ours go after it, whatever this host's clock says
+            if type(signed_at) in (int, float) and signed_at > self.signing.last and \
+                    verify_command(raw, self.secrets):  # (ours, read back, need no check)
+                self.signing.seen(signed_at)
             return
         # a wrong signature is refused even when none is required: the sender has another --secret
         signed = raw.get("signature") is not None

@@ -58,12 +58,6 @@ SESSION_TIMEOUT_MS = 10_000  # the group's session timeout for scorers (see Scor
 RETRY_S = 1.0  # between attempts to load a model while the broker does not answer
 
 
-def _end(reader: Any, topic: str) -> int:
-    """Where a one-partition topic's committed messages end (a read_committed reader's
-    high watermark is the last stable offset)."""
-    return reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=TXN_CALL_TIMEOUT_S, cached=False)[1]
-
-
 @dataclass(frozen=True)
 class Served:
     """A model a scorer serves, and the publication (manifest) it was loaded from."""
@@ -105,9 +99,10 @@ class ModelFeed:
         topics = self.settings.kafka.topics
         reader = kafka.reader(self._reader_config)
         try:
-            control_end = _end(reader, topics.control)  # what comes after it is read twice: harmless
+            # the ends first: what comes after them is read twice, which is harmless
+            control_end = kafka.bounds(reader, topics.control)[1]
             self._wanted = latest_lifecycle(reader, topics.control, self._trusted)
-            models_end = _end(reader, topics.models)  # what comes after it is read twice: harmless
+            models_end = kafka.bounds(reader, topics.models)[1]
             champion, challenger, _ = self._what_to_serve()
             self._catalog = read_catalog(reader, topics.models, chunks_of={champion, challenger} - {None})
         finally:
