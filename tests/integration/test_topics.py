@@ -59,6 +59,9 @@ def test_topics_create_makes_every_topic_and_is_idempotent(bootstrap, unique):
         assert configs[name]["max.message.bytes"].value == str(MAX_MESSAGE_BYTES)
     for name in (names.events, names.predictions, names.control, names.dlq):
         assert configs[name]["cleanup.policy"].value == "delete"
+    # the broker dates control messages itself: a replayed command cannot forge its time
+    assert configs[names.control]["message.timestamp.type"].value == "LogAppendTime"
+    assert configs[names.events]["message.timestamp.type"].value == "CreateTime"
 
     second = worker(*args)
     assert second.returncode == 0, second.stderr

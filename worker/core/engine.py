@@ -405,6 +405,11 @@ class Engine:
             return
         self._emit("command_applied", command.command_id, command=command.type, issued_by=command.issued_by)
 
+    def has_applied(self, command_id: str) -> bool:
+        """Whether a command with this id was applied (or refused by the engine) among the
+        last 100,000: read again, it is a no-op."""
+        return command_id in self._applied
+
     def reject(self, command: Command, reason: str) -> None:
         """Answer a command with ``command_rejected`` (also used by the edge, e.g. for a
         missing signature)."""

@@ -27,6 +27,9 @@ log.addHandler(logging.NullHandler())
 CONNECT_TIMEOUT_S = 8.0
 
 COMPACTED = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)}
+# The broker dates each control message itself: a replayed signed command cannot carry
+# a forged time (worker.io.freshness).
+APPEND_TIMES = {"message.timestamp.type": "LogAppendTime"}
 DEFAULT_MESSAGE_BYTES = 1_048_588  # Kafka's default max.message.bytes
 
 
@@ -38,16 +41,17 @@ class TopicSpec:
 
 
 def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
-    """The topics of §2: control has exactly one partition (one total order); the
-    models and worker-state logs are compacted, take snapshot chunks, and have one
-    partition each (one ordered log per group); the others get `partitions`."""
+    """The topics of §2: control has exactly one partition (one total order) and the
+    broker's append times; the models and worker-state logs are compacted, take snapshot
+    chunks, and have one partition each (one ordered log per group); the others get
+    `partitions`."""
     if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
         raise ConfigError(f"partitions must be a positive integer, got {partitions!r}")
     return [
         TopicSpec(names.events, partitions),
         TopicSpec(names.labels, partitions),
         TopicSpec(names.predictions, partitions),
-        TopicSpec(names.control, 1),
+        TopicSpec(names.control, 1, dict(APPEND_TIMES)),
         TopicSpec(names.models, 1, dict(COMPACTED)),
         TopicSpec(names.worker_state, 1, dict(COMPACTED)),
         TopicSpec(names.dlq, partitions),
