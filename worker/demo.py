@@ -214,7 +214,8 @@ class Demo:
 
     def summary(self, sent: dict[str, Any], predictions: int, metrics: dict[str, float],
                 report: Path) -> None:
-        from worker.obs.report import load_control, read_control
+        from worker.obs.report_control import load_control
+        from worker.obs.report_kafka import read_control
 
         settings = self.settings()
         data = load_control(read_control(settings.admin_config(), settings.topics.control))

@@ -23,8 +23,14 @@ from worker.core.types import Command, Event
 from worker.io.codec import encode_command, encode_lifecycle
 from worker.io.files import read_records
 from worker.io.simulate import DriftPlan, messages, synthetic
-from worker.obs import report
+from worker.obs.chart_png import render_png
+from worker.obs.charts import Frame, chart
 from worker.obs.png import Canvas, read_png
+from worker.obs.report_control import load_control
+from worker.obs.report_data import ReportData
+from worker.obs.report_html import render_html, write_report
+from worker.obs.report_lifecycle import MARKER_TYPES
+from worker.obs.report_replay import load_replay
 
 N = 12_000
 CHROMIUM = Path("/usr/bin/chromium")
@@ -87,7 +93,7 @@ def test_report_of_a_replay_folder(replay_dir: Path, tmp_path: Path) -> None:
 
     # markers: one per drift alarm, promotion, rollback and reset, at their labelled count
     marked = [(m["type"], m["labelled"]) for m in data["markers"]]
-    expected = [(e["type"], e["labelled"]) for e in lifecycle if e["type"] in report.MARKER_TYPES]
+    expected = [(e["type"], e["labelled"]) for e in lifecycle if e["type"] in MARKER_TYPES]
     assert marked == expected and ("promoted" in dict(marked))
     for kind, _at in marked:
         assert f'class="marker {kind}"' in page
@@ -112,7 +118,7 @@ def test_report_of_a_replay_folder(replay_dir: Path, tmp_path: Path) -> None:
 
 
 def test_png_of_the_main_chart(replay_dir: Path, tmp_path: Path) -> None:
-    png = report.write_report(report.load_replay(replay_dir), tmp_path / "report.html")
+    png = write_report(load_replay(replay_dir), tmp_path / "report.html")
     width, height, rows = read_png(png.read_bytes())
     assert (width, height) == (1200, 600)
     colours = {}
@@ -132,16 +138,16 @@ def test_text_past_the_right_edge_is_clipped_not_wrapped_to_the_next_row() -> No
 
 
 def test_marker_labels_stay_inside_the_chart() -> None:
-    data = report.ReportData(source="test", points=[{"labelled": 0, "champion": None, "challenger": None},
+    data = ReportData(source="test", points=[{"labelled": 0, "champion": None, "challenger": None},
                                                     {"labelled": 1000, "champion": None, "challenger": None}],
                              markers=[{"labelled": 995, "type": "promoted", "text": "v8→v9 a long label",
                                        "title": "t"}])
-    frame = report._Frame(report.chart(data, "accuracy"), 1200, 600, top=106)
+    frame = Frame(chart(data, "accuracy"), 1200, 600, top=106)
     assert frame.marker_rows(6) == [None], "no room left of the edge: tooltip only"
 
 
 def test_a_model_without_labels_yet_is_a_gap_not_a_zero(replay_dir: Path) -> None:
-    data = report.load_replay(replay_dir)
+    data = load_replay(replay_dir)
     values = [p["challenger"]["window"]["accuracy"] for p in data.points if p["challenger"]]
     assert all(v is None or v > 0.5 for v in values)
 
@@ -150,7 +156,7 @@ def test_no_replay_folder() -> None:
     from worker.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not a `worker replay --out` folder"):
-        report.load_replay(Path(__file__).parent)
+        load_replay(Path(__file__).parent)
 
 
 # ----------------------------------------------------------------------------- control log
@@ -180,7 +186,7 @@ def control_log(n: int = N, status_every: int = 500) -> tuple[list[dict], Engine
 
 def test_report_from_a_control_log(tmp_path: Path) -> None:
     log, engine = control_log()
-    data = report.load_control(log, source="test")
+    data = load_control(log, source="test")
     reports = [m for m in log if m["type"] == "status_report"]
     assert len(data.points) == len(reports) > 10
     assert data.points[-1]["labelled"] == engine.counts["labelled"]
@@ -194,7 +200,7 @@ def test_report_from_a_control_log(tmp_path: Path) -> None:
     for mv in engine.registry:
         assert versions[mv.version]["parent"] == mv.parent, mv.version
     assert versions[engine.champion]["role"] == "champion"
-    page = report.render_html(data)
+    page = render_html(data)
     assert embedded_data(page)["summary"]["promotions"] == engine.counts["promotions"]
     assert 'class="marker promoted"' in page and not data.notes
 
@@ -205,24 +211,24 @@ def test_after_a_fresh_start_the_report_shows_the_new_engine_only() -> None:
     fresh = Engine(EngineConfig())  # what a worker writes as it starts: a status report
     fresh.report_status()
     start = [orjson.loads(encode_lifecycle(e)) for e in fresh.take_lifecycle()]
-    data = report.load_control(old_log + start + new_log)
+    data = load_control(old_log + start + new_log)
     assert old.counts["promotions"] != new.counts["promotions"] or old.champion != new.champion
     assert data.summary["promotions"] == sum(m["type"] == "promoted" for m in data.markers) \
         == new.counts["promotions"]
     assert {v["version"] for v in data.versions} == {mv.version for mv in new.registry}
     assert [p["labelled"] for p in data.points] == sorted(p["labelled"] for p in data.points)
     assert any("earlier engine" in note for note in data.notes)
-    assert not any("earlier engine" in note for note in report.load_control(start + new_log).notes)
+    assert not any("earlier engine" in note for note in load_control(start + new_log).notes)
     # a restart before any event is no new engine: what was applied meanwhile stays
     fresh.apply(Command(type="pause_learning", command_id="p"))
     fresh.report_status()
     idle = start + [orjson.loads(encode_lifecycle(e)) for e in fresh.take_lifecycle()]
-    assert [e["text"] for e in report.load_control(idle).events] == ["learning paused"]
+    assert [e["text"] for e in load_control(idle).events] == ["learning paused"]
 
 
 def test_the_a_b_comparison_of_a_traffic_split() -> None:
     log, engine = control_log(n=3000)
-    assert "A/B" not in report.render_html(report.load_control(log)), "no split, no A/B section"
+    assert "A/B" not in render_html(load_control(log)), "no split, no A/B section"
     engine.apply(Command(type="set_split", command_id="split", percent=40.0))
     for i in range(400):
         engine.process(Event(id=f"ab{i}", features={"x": i % 7 / 7, "y": i % 5 / 5}, label=i % 3 == 0,
@@ -230,12 +236,12 @@ def test_the_a_b_comparison_of_a_traffic_split() -> None:
     engine.apply(Command(type="status", command_id="last"))
     engine.apply(Command(type="set_split", command_id="later", percent=25.0))  # after the last status
     log += [orjson.loads(encode_lifecycle(e)) for e in engine.take_lifecycle()]
-    data = report.load_control(log)
+    data = load_control(log)
     arms = engine.status()["arms"]
     assert data.split == 25.0 and data.arms == arms
     assert [e["text"] for e in data.events if e["type"] == "command_applied"] == [
         "split set to 40.0 %", "split set to 25.0 %"], "settings changed by a command are in the table"
-    page = report.render_html(data)
+    page = render_html(data)
     assert "<h2>A/B: served traffic per arm</h2>" in page and "25.0 % of entities" in page
     for arm in ("champion", "challenger"):
         n, accuracy = arms[arm]["cumulative"]["n"], arms[arm]["cumulative"]["accuracy"]
@@ -246,7 +252,7 @@ def test_the_a_b_comparison_of_a_traffic_split() -> None:
 def test_an_a_b_section_with_missing_values_still_renders() -> None:
     status = {"type": "status_report", "detail": {"champion": 2, "challenger": 3, "arms": {
         "champion": None, "challenger": {"cumulative": {"n": 5, "accuracy": 0.8}}}}, "labelled": 9}
-    page = report.render_html(report.load_control([status]))
+    page = render_html(load_control([status]))
     assert "<td>champion</td><td>cumulative</td><td class=\"num\">–</td>" in page
     assert "Traffic split now: – %" in page, "a release that wrote no split"
 
@@ -258,10 +264,10 @@ def test_a_version_never_scored_has_no_metrics_in_the_versions_table_not_zeros()
         engine.process(Event(id=f"e{i}", features={"x": i / 20}, label=i % 2 == 0))
     engine.apply(Command(type="status", command_id="now"))
     log = [orjson.loads(encode_lifecycle(e)) for e in engine.take_lifecycle()]
-    data = report.load_control(log)
+    data = load_control(log)
     fresh = next(v for v in data.versions if v["version"] == engine.challenger)
     assert (fresh["labelled"], fresh.get("accuracy"), fresh.get("f1")) == (0, None, None)
-    page = report.render_html(data)
+    page = render_html(data)
     row = next(r for r in page.splitlines() if r.startswith('<tr class="role-challenger">'))
     assert row.endswith('<td class="num">0</td><td class="num">–</td><td class="num">–</td></tr>'), row
     assert "F1 of a version as of the last status report" in page
@@ -269,11 +275,11 @@ def test_a_version_never_scored_has_no_metrics_in_the_versions_table_not_zeros()
 
 def test_control_log_without_status_reports_still_has_markers_and_a_note() -> None:
     log, engine = control_log(n=6000, status_every=10**9)
-    data = report.load_control(log)
+    data = load_control(log)
     assert data.points == [] and data.markers and data.notes
     assert data.summary["promotions"] == engine.counts["promotions"]
-    report.render_png(report.chart(data, "accuracy"))  # an empty chart still renders
-    assert "No status_report" in report.render_html(data)
+    render_png(chart(data, "accuracy"))  # an empty chart still renders
+    assert "No status_report" in render_html(data)
 
 
 # ----------------------------------------------------------------------------- in a browser
@@ -282,7 +288,7 @@ def test_control_log_without_status_reports_still_has_markers_and_a_note() -> No
 def test_page_in_headless_chromium(replay_dir: Path, tmp_path: Path) -> None:
     assert CHROMIUM.exists(), "no /usr/bin/chromium: scripts/test installs it (apt-get install chromium)"
     page = tmp_path / "report.html"
-    report.write_report(report.load_replay(replay_dir), page)
+    write_report(load_replay(replay_dir), page)
     shot = tmp_path / "shot.png"
     profile = tmp_path / "profile"
     result = subprocess.run(
@@ -318,3 +324,10 @@ def test_cli_needs_a_source() -> None:
 
     result = CliRunner().invoke(cli, ["report"], env={"WORKER_BOOTSTRAP": ""})
     assert result.exit_code == 2 and "--bootstrap" in result.output
+
+
+def test_the_report_loads_no_kafka_client_until_it_reads_the_topic() -> None:
+    """`worker report RUN_DIR` and the data, chart and page modules need no librdkafka."""
+    code = "import sys, worker.obs.report; assert 'confluent_kafka' not in sys.modules, 'kafka imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
