@@ -85,10 +85,8 @@ def load_control(messages: Iterable[dict[str, Any]], source: str = "control topi
     """Decoded ``control`` messages, in log order → :class:`ReportData`.
 
     Commands (no ``detail``) are skipped; lifecycle events give the markers, the table
-    and the lineage; each ``status_report`` gives a point of the timeline. A worker
-    writes one as it starts: one that has seen no event, after one that had, starts a new
-    engine (after ``--fresh``, its versions count from 1 again), and what came before is
-    left out.
+    and the lineage; each ``status_report`` gives a point of the timeline. Of a log that
+    holds more than one engine's history (a ``--fresh`` start), only the last engine's.
     """
     log = _ControlLog()
     for message in messages:

@@ -41,7 +41,7 @@ def markers(lifecycle: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kind, detail = event.get("type"), event.get("detail", {})
         if kind in MARKER_TYPES:
             out.append({"labelled": event.get("labelled", 0), "type": kind,
-                        "text": describe(kind, detail, event), "title": _title(kind, detail, event)})
+                        "text": _describe(kind, detail, event), "title": _title(kind, detail, event)})
     return out
 
 
@@ -53,7 +53,7 @@ def table_rows(lifecycle: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kind, detail = event.get("type"), event.get("detail", {})
         if kind in TABLE_TYPES or (kind == "command_applied" and detail.get("command") in SETTINGS_COMMANDS):
             out.append({"labelled": event.get("labelled", 0), "type": kind, "champion": event.get("champion"),
-                        "challenger": event.get("challenger"), "text": describe(kind, detail, event),
+                        "challenger": event.get("challenger"), "text": _describe(kind, detail, event),
                         "reason": detail.get("reason", "")})
     return out
 
@@ -113,7 +113,7 @@ def _role(version: int, history: list[str], champion: int | None, challenger: in
     return "former champion" if any("champion" in h for h in history) else "retired"
 
 
-def describe(kind: str | None, detail: dict[str, Any], event: dict[str, Any]) -> str:
+def _describe(kind: str | None, detail: dict[str, Any], event: dict[str, Any]) -> str:
     """The short text of an event: a marker's label, the table's "what" column."""
     if kind == "drift_detected":
         return f"drift {detail.get('role', '?')} v{detail.get('version', '?')}"
