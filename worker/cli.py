@@ -272,7 +272,9 @@ def control_options(command):
                      help="Who sends it, kept in the control log [WORKER_ISSUED_BY, else $USER, else "
                           "operator]."),
         click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
-                     help="Seconds to wait for the worker's answer."),
+                     help="Seconds to wait for the worker's answer (exit 1 without one). An unreachable "
+                          "broker or a missing control topic: exit 2 within WAIT seconds, at least 3, "
+                          "at most 8."),
         click.option("--command-id", help="Send again a command that got no answer, by the id it printed: "
                      "the worker applies an id once, and an answer already given is printed."),
     ], command)
@@ -301,8 +303,9 @@ def _send(kind: str, bootstrap, topic_prefix, secret, expected_champion, reason,
     if answers is None:
         note = ("the command stays on control and is applied when the worker reads it; to send it again, "
                 f"not twice: --command-id {command.command_id}")
-        click.echo(json.dumps({"command_id": command.command_id, "error": f"no answer within {wait_s:g}s",
-                               "note": note}))
+        error = (f"no answer within {wait_s:g}s: is a worker running on {settings.topics.control} "
+                 f"at {bootstrap}?")
+        click.echo(json.dumps({"command_id": command.command_id, "error": error, "note": note}))
         sys.exit(1)
     for answer in answers:
         click.echo(json.dumps(answer))
