@@ -28,7 +28,7 @@ from worker.core.types import Command
 from worker.errors import ConfigError, WorkerError
 from worker.io import kafka
 from worker.io.codec import encode_command
-from worker.io.topics import CONNECT_TIMEOUT_S, create_command, missing_topics
+from worker.io.topics import CONNECT_TIMEOUT_S, missing_topics, require_topics
 
 FINAL = frozenset({"command_applied", "command_rejected"})
 #: The least time given to reach the broker (TCP, TLS and SASL handshakes to a remote
@@ -77,9 +77,7 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
     returned without sending anything."""
     where = admin_config.get("bootstrap.servers", "?")
     connect_s = connect_timeout(wait_s)
-    if missing_topics(admin_config, [control_topic], timeout_s=connect_s):  # or "cannot reach Kafka"
-        raise ConfigError(f"missing topic: {control_topic} "
-                          f"(create it with `{create_command(control_topic)}`)")
+    require_topics(admin_config, [control_topic], timeout_s=connect_s)  # or "cannot reach Kafka"
     resend = f"to send it again, not twice: --command-id {command.command_id}"
     link = _Link()
     # the command's own delivery timeout: librdkafka would otherwise retry it for 5 minutes

@@ -138,10 +138,10 @@ def check_not_deleted(admin_config: dict[str, Any], topics: list[str]) -> None:
                           "again with `worker topics create`, then restart")
 
 
-def require_topics(admin_config: dict[str, Any], required: list[str]) -> None:
+def require_topics(admin_config: dict[str, Any], required: list[str], timeout_s: float = 10) -> None:
     """Raise :class:`ConfigError` naming the topics of ``required`` that do not exist, and
     the command that creates them (with the prefix they were looked for under)."""
-    missing = missing_topics(admin_config, required)
+    missing = missing_topics(admin_config, required, timeout_s)
     if missing:
         names = f"topic: {missing[0]}" if len(missing) == 1 else f"topics: {', '.join(missing)}"
         raise ConfigError(f"missing {names} (create {'it' if len(missing) == 1 else 'them'} with "
