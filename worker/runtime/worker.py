@@ -295,8 +295,9 @@ class Worker:
         if messages and self._span_began is None:
             self._span_began = time.monotonic()
         handled = 0
+        handle, runs, monotonic = self._handler.handle, self._runs, time.monotonic  # once per batch
         for msg in messages:
-            if handled and ((deadline is not None and time.monotonic() >= deadline)
+            if handled and ((deadline is not None and monotonic() >= deadline)
                             or (limit is not None and handled >= limit)):
                 self._leftover = messages[handled:]
                 break
@@ -304,8 +305,13 @@ class Worker:
             if msg.error():
                 self._on_consume_error(msg.error())
                 continue
-            self._handler.handle(msg, emit=True)
-            self._record(msg)
+            topic, partition, offset = handle(msg, True)
+            # the progress record: a message extends the last run of its partition, else starts one
+            run = runs[-1] if runs else None
+            if run is not None and run[1] == partition and run[0] == topic and run[3] < offset:
+                run[3] = offset
+            else:
+                runs.append([topic, partition, offset, offset])
         return handled
 
     def _follow_new_partitions(self) -> None:
@@ -364,14 +370,6 @@ class Worker:
                 first_left.setdefault((msg.topic(), msg.partition()), msg.offset())
         positions.update(first_left)
         return [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-
-    def _record(self, msg: Any) -> None:
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        runs = self._runs
-        if runs and runs[-1][0] == topic and runs[-1][1] == partition and runs[-1][3] < offset:
-            runs[-1][3] = offset
-        else:
-            runs.append([topic, partition, offset, offset])
 
     def _commit(self, force_snapshot: bool = False) -> None:
         every_events = self.settings.snapshot_interval_events
