@@ -135,7 +135,8 @@ def replay_command(file: Path, target, positive, id_column, drop, out_dir: Path,
 # ------------------------------------------------------------------------------- worker run
 
 RUN_KEYS = {"bootstrap", "group", "topic_prefix", "guarantee", "commit_interval_ms", "snapshot_interval_s",
-            "transaction_timeout_ms", "metrics_port", "secret", "require_signed_commands", "state_dir",
+            "transaction_timeout_ms", "metrics_port", "secret", "require_signed_commands",
+            "command_max_age_s", "state_dir",
             "max_batch", "fresh", "status_interval_s", "commit_interval_events", "snapshot_interval_events",
             "role", "scorer_id", "models_retain", "previous_secrets", "kafka", "log_level"}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -170,6 +171,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 @click.option("--require-signed-commands/--accept-unsigned-commands", default=None,
               envvar="WORKER_REQUIRE_SIGNED_COMMANDS",
               help="Reject control commands without a valid signature.")
+@click.option("--command-max-age-s", envvar="WORKER_COMMAND_MAX_AGE_S", type=click.FloatRange(min=0),
+              help="With signed commands required: refuse one the broker logged longer than this "
+                   "after its signed ts (a copy written again); 0: no check [300].")
 @click.option("--fresh", is_flag=True, default=None, envvar="WORKER_FRESH",
               help="Ignore the stored state; start from scratch.")
 @click.option("--state-dir", envvar="WORKER_STATE_DIR", help="at_least_once: folder of the snapshot file.")

@@ -32,6 +32,7 @@ from tests.integration.harness import (
     read_all,
     wait_until,
 )
+from worker.io.codec import sign_command
 from worker.io.topics import topic_specs
 from worker.settings import TopicNames
 
@@ -440,6 +441,56 @@ def test_operator_promote_then_rollback_and_command_checks(bootstrap, unique, tm
         assert "report: the status command was rejected (missing signature" in out.stderr, out.stderr
         # commands, answers and the worker's own lifecycle events are all valid control messages
         assert read_all(bootstrap, prefix + "events.dlq") == []
+
+
+def test_with_signed_commands_an_old_signed_command_written_again_is_refused(bootstrap, unique, tmp_path):
+    """A signature says who made a command, not when: under --require-signed-commands a
+    signed command the broker logs longer than --command-max-age-s after its signed `ts`
+    (a copy of an old one, written again) or without a `ts` is refused and logged; the
+    bytes of a command the worker applied, written again, are a no-op, not a rejection."""
+    prefix = unique("stale") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    control_topic = prefix + "control"
+    with running(bootstrap, prefix, tmp_path / "worker.log", "--policy", "manual",
+                 "--require-signed-commands", "--command-max-age-s", "120") as worker:
+        code, lines, stderr = control(bootstrap, prefix, "pause")
+        assert code == 0 and types(lines)[-1] == "command_applied", (lines, stderr)
+        pause_id = lines[-1]["command_id"]
+        pause_bytes = next(m.value() for m in read_all(bootstrap, control_topic)
+                           if orjson.loads(m.value()).get("type") == "pause_learning")
+
+        def signed(**fields: Any) -> bytes:
+            fields["signature"] = sign_command(fields, SECRET)
+            return orjson.dumps(fields)
+
+        an_hour_ago = time.time() - 3600
+        produce(bootstrap, control_topic, [
+            (None, pause_bytes),  # the applied pause again: already applied, no answer
+            (None, signed(type="resume_learning", command_id="old-resume", issued_by="eve", ts=an_hour_ago)),
+            (None, signed(type="resume_learning", command_id="undated-resume", issued_by="eve")),
+        ])
+
+        def answers() -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {}
+            for message in json_values(read_all(bootstrap, control_topic)):
+                if message.get("type") in ("command_applied", "command_rejected"):
+                    out.setdefault(message["command_id"], []).append(message)
+            return out
+
+        wait_until(lambda: {"old-resume", "undated-resume"} <= answers().keys(), 60,
+                   "the answers to the two stale commands")
+        got = answers()
+        assert [a["type"] for a in got[pause_id]] == ["command_applied"], got[pause_id]
+        old = got["old-resume"]
+        assert [a["type"] for a in old] == ["command_rejected"], old
+        assert old[0]["detail"]["reason"].startswith("stale: signed 36"), old  # ~3600 s before
+        assert "before the broker logged it (at most 120 s)" in old[0]["detail"]["reason"], old
+        undated = got["undated-resume"]
+        assert [a["type"] for a in undated] == ["command_rejected"], undated
+        assert 'needs a "ts"' in undated[0]["detail"]["reason"], undated
+        assert status(bootstrap, prefix)["learning"] is False  # still paused
+        wait_until(lambda: any('"level": "warning"' in line and "old-resume" in line and "stale" in line
+                               for line in worker.log().splitlines()), 10, "the worker's warning")
 
 
 def test_an_invalid_raw_command_is_answered_rejected_and_dead_lettered(bootstrap, unique, tmp_path):

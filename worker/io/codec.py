@@ -322,7 +322,8 @@ def sign_command(fields: dict[str, Any], secret: bytes | str) -> str:
     (standard library only)::
 
         import hashlib, hmac, json
-        cmd = {"type": "promote", "command_id": "c-1", "issued_by": "alice", "expected_champion": 7}
+        cmd = {"type": "promote", "command_id": "c-1", "issued_by": "alice", "expected_champion": 7,
+               "ts": time.time()}  # when it was signed: a worker requiring signatures refuses an old one
         body = json.dumps(cmd, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         cmd["signature"] = hmac.new(b"secret", body.encode("utf-8"), hashlib.sha256).hexdigest()
         message = json.dumps(cmd).encode("utf-8")  # any JSON layout: the verifier re-canonicalises

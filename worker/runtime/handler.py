@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import Message, Producer
+from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message, Producer
 
 from worker.core.engine import Engine
 from worker.core.types import Command, Position, Prediction
@@ -27,6 +27,7 @@ from worker.io.codec import (
     encode_prediction,
     verify_command,
 )
+from worker.io.freshness import DEFAULT_MAX_AGE_S, stale_command
 from worker.io.lifecycle import SigningClock
 from worker.io.models import model_messages, tombstones, versions_to_prune
 from worker.io.topics import DEFAULT_MESSAGE_BYTES
@@ -161,7 +162,8 @@ class Handler:
     """Routes messages by topic; writes predictions, dead letters and control messages."""
 
     def __init__(self, engine: Engine, producer: Producer | None, topics: TopicNames, *, limits: Limits,
-                 secrets: tuple[bytes, ...], require_signed_commands: bool, chunk_bytes: int = 1_000_000,
+                 secrets: tuple[bytes, ...], require_signed_commands: bool,
+                 command_max_age_s: float = DEFAULT_MAX_AGE_S, chunk_bytes: int = 1_000_000,
                  serve: bool = True, models_retain: int = 0,
                  models_on_topic: dict[int, int] | None = None, learning_on_topic: set[int] | None = None,
                  message_bytes: dict[str, int] | None = None) -> None:
@@ -177,6 +179,8 @@ class Handler:
         self.secret, self.secrets = secrets[0], secrets
         self.signing = SigningClock()  # signed_at of our lifecycle events
         self.require_signed = require_signed_commands
+        self.command_max_age_s = command_max_age_s  # a signed command logged later is a replay
+        self._warned_create_time = False
         self.chunk_bytes = chunk_bytes
         # each output topic's max.message.bytes (topics.message_limits)
         message_bytes = message_bytes or {}
@@ -236,7 +240,27 @@ class Handler:
             log.warning("rejected control command %s: %s", decoded.command_id, reason)
             self.engine.reject(decoded, f"{reason}: {why}")
             return
+        if self.require_signed and not self.engine.has_applied(decoded.command_id):
+            stale = stale_command(raw, self._logged_at(msg), self.command_max_age_s)
+            if stale is not None:
+                log.warning("rejected control command %s: %s", decoded.command_id, stale)
+                self.engine.reject(decoded, stale)
+                return
         self.engine.apply(decoded)
+
+    def _logged_at(self, msg: Message) -> float | None:
+        """The broker's time on a control message, in seconds (worker.io.freshness); a
+        warning, once, when it is the producer's (a replay could forge it)."""
+        kind, ms = msg.timestamp()
+        if kind == TIMESTAMP_NOT_AVAILABLE:
+            return None
+        if kind == TIMESTAMP_CREATE_TIME and not self._warned_create_time:
+            self._warned_create_time = True
+            log.warning("%s dates its messages by the producers' clocks (CreateTime): a copy of an old "
+                        "signed command written again with a forged time would pass the --command-max-age-s "
+                        "check; set message.timestamp.type=LogAppendTime on it (kafka-configs.sh --alter)",
+                        self.topics.control)
+        return ms / 1000
 
     def flush(self, emit: bool) -> None:
         """Write (``emit``) or drop the engine's decisions and lifecycle events so far."""

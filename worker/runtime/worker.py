@@ -33,6 +33,7 @@ from worker.core.observer import Observer
 from worker.errors import ConfigError, Fenced, SignatureError, SnapshotError, WorkerError
 from worker.io import kafka
 from worker.io.codec import DEFAULT_LIMITS, Limits
+from worker.io.freshness import DEFAULT_MAX_AGE_S
 from worker.io.lifecycle import latest_lifecycle
 from worker.io.models import Catalog, read_models
 from worker.io.topics import check_not_deleted, check_shapes, message_limits, missing_topics, require_topics
@@ -81,6 +82,9 @@ class RunSettings:
     # still accepted; everything new is signed with `secret` only.
     previous_secrets: tuple[bytes, ...] = ()
     require_signed_commands: bool = False
+    # with signed commands required: one the broker logged longer after its signed ts is
+    # refused as a replay (worker.io.freshness); 0: no check
+    command_max_age_s: float = DEFAULT_MAX_AGE_S
     fresh: bool = False
     max_batch: int = 500
     chunk_bytes: int = 1_000_000
@@ -110,9 +114,10 @@ class RunSettings:
             n = getattr(self, name)
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ConfigError(f"{name} must be a whole number >= 0 (0: off), got {n!r}")
-        s = self.status_interval_s
-        if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s < float("inf"):
-            raise ConfigError(f"status_interval_s must be a number of seconds >= 0 (0: off), got {s!r}")
+        for name in ("status_interval_s", "command_max_age_s"):
+            s = getattr(self, name)
+            if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s < float("inf"):
+                raise ConfigError(f"{name} must be a number of seconds >= 0 (0: off), got {s!r}")
 
     @property
     def secrets(self) -> tuple[bytes, ...]:
@@ -545,6 +550,7 @@ class Worker:
         self._handler = Handler(self.engine, self._producer, self.topics, limits=self.settings.limits,
                                 secrets=self.settings.secrets,
                                 require_signed_commands=self.settings.require_signed_commands,
+                                command_max_age_s=self.settings.command_max_age_s,
                                 chunk_bytes=self._chunk_bytes[self.topics.models],
                                 serve=self.settings.role == "all",
                                 models_retain=self.settings.models_retain,
