@@ -39,7 +39,10 @@ def create_all_topics(bootstrap: str, prefix: str, partitions: int) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+            flush_s: float = 60) -> int:
+    """Write ``records`` and wait until the broker acknowledged all of them (``flush_s``:
+    how long that may take; a test that stops the broker meanwhile gives it longer)."""
     # Idempotent: a batch the broker wrote but could not acknowledge (it stopped) is
     # retried without being written twice, so the input holds each record once.
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
@@ -54,7 +57,7 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
         n += 1
         if n % 5000 == 0:
             producer.poll(0)
-    assert producer.flush(60) == 0
+    assert producer.flush(flush_s) == 0, f"{topic}: not acknowledged within {flush_s:g}s"
     return n
 
 
@@ -114,16 +117,33 @@ def json_values(messages: list) -> list[dict]:
 _handed_out: set[int] = set()
 
 
+def xdist_slice(ports: range) -> range:
+    """This test process's share of ``ports`` under ``pytest -n N`` (all of it otherwise).
+
+    A port is checked free, then handed to a process that binds it later: two test
+    processes that each checked the same port would both hand it out. Disjoint shares
+    make that impossible within a session (another session on the machine still takes
+    its chances: the check and the random pick make it unlikely)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return ports
+    index = int(worker[2:]) % count
+    return ports[index::count]
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now, for a process to listen on soon.
 
     Taken from 20000-28999, below the ephemeral range (32768+ on Linux) and the outage
     tests' brokers (29000+): a port the kernel hands out (``bind(0)``) may be given to
     an outgoing connection — a Kafka client of a parallel test — before the process
-    binds it. Never the same port twice in one test process."""
+    binds it. Never the same port twice in one test process, never one another test
+    process of the session may hand out (`xdist_slice`)."""
     rng = random.Random()
+    ports = xdist_slice(range(20_000, 29_000))
     while True:
-        port = rng.randrange(20_000, 29_000)
+        port = rng.choice(ports)
         if port in _handed_out:
             continue
         with socket.socket() as s:
@@ -160,7 +180,9 @@ class WorkerProcess:
             f.seek(self._log_start)
             return f.read().decode(errors="replace")
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        # 120 s: a start is a few seconds, but on 2 cores under `pytest -n 4` a process
+        # that imports river, restores a snapshot and replays its input may be starved
         wait_until(lambda: '"message": "ready' in self.log() or self.proc.poll() is not None,
                    timeout_s, "the worker to be ready")
         assert self.proc.poll() is None, f"worker exited early:\n{self.log()[-3000:]}"

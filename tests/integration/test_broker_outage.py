@@ -26,6 +26,7 @@ from tests.integration.harness import (
     predicted_ids,
     read_all,
     wait_until,
+    xdist_slice,
 )
 from tests.integration.test_worker_exactly_once import drifting_event, steady_producer
 
@@ -39,7 +40,7 @@ class OwnBroker:
     connection holds it and two test sessions on one machine do not share it."""
 
     def __init__(self) -> None:
-        pairs = range(29_000, 32_700, 2)
+        pairs = xdist_slice(range(29_000, 32_700, 2))  # no two test processes pick the same pair
         self.port = next(p for p in random.sample(pairs, len(pairs)) if _free(p) and _free(p + 1))
         self.bootstrap = f"127.0.0.1:{self.port}"
 
@@ -96,7 +97,7 @@ def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):
     wait_until(lambda: readyz(port) == 503, 60, "/readyz to say the worker is not ready")
     assert worker.proc.poll() is None, "the worker must wait for the broker, not exit"
     own_broker.run("start")
-    sender.join(180)
+    sender.finish(300)
     try:
         wait_until(lambda: served() >= total, 180, f"{total} predictions after the restart", interval_s=1)
         ids = Counter(predicted_ids(bootstrap, prefix))
@@ -133,7 +134,7 @@ def test_a_trainer_and_a_scorer_survive_a_broker_restart(own_broker, unique, tmp
         wait_until(lambda: "waiting for the broker" in scorer.log(), 60, "the scorer to report the outage")
         assert scorer.proc.poll() is None, "the scorer must wait for the broker, not exit"
         own_broker.run("start")
-        sender.join(180)
+        sender.finish(300)
         wait_until(lambda: served() >= total, 180, f"{total} predictions after the restart", interval_s=1)
         ids = Counter(predicted_ids(bootstrap, prefix))
         sent = Counter(orjson.loads(m.value())["id"] for m in read_all(bootstrap, prefix + "events"))
