@@ -63,6 +63,14 @@ def http(port: int, path: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def http_soon(port: int, path: str) -> tuple[int, str] | None:
+    """`http`, or None while nothing listens on ``port`` yet (a process still starting)."""
+    try:
+        return http(port, path)
+    except OSError:
+        return None
+
+
 def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(bootstrap, unique, tmp_path):
     prefix = unique("scale") + "."
     create_all_topics(bootstrap, prefix, 4)
@@ -77,7 +85,8 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
     try:
         trainer.wait_ready()
         for port in ports:
-            wait_until(lambda port=port: http(port, "/healthz")[0] == 200, 30, "the scorers' /healthz")
+            wait_until(lambda port=port: (reply := http_soon(port, "/healthz")) and reply[0] == 200, 60,
+                       "the scorers' /healthz")
         produce(bootstrap, prefix + "events", [event(i) for i in range(1000)])
         for s in scorers:  # ready once the trainer published version 1 (from its start)
             s.wait_ready()
@@ -90,14 +99,14 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
         served = [float(line.split()[-1]) for port in ports for line in http(port, "/metrics")[1].splitlines()
                   if line.startswith('worker_events_total{served_by="champion"}')]
         assert len(served) == 2 and sum(served) == 1000, served  # shared between them, each event once
-        wait_until(lambda: "worker_scored_events 1000.0" in http(trainer_port, "/metrics")[1], 30,
+        wait_until(lambda: "worker_scored_events 1000.0" in http(trainer_port, "/metrics")[1], 60,
                    "the trainer to score the 1000 events")  # but it served none of them
         assert 'worker_events_total{served_by="champion"} 0.0' in http(trainer_port, "/metrics")[1]
 
         code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
         assert code == 0, (lines, stderr)
         for s in scorers:
-            wait_until(lambda s=s: "serving champion v2" in s.log(), 30, "the scorers to load v2")
+            wait_until(lambda s=s: "serving champion v2" in s.log(), 60, "the scorers to load v2")
         produce(bootstrap, prefix + "events", [event(i) for i in range(1000, 1500)])
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 1500, 60, "1500 predictions")
         later = {f"e{i}" for i in range(1000, 1500)}
@@ -112,7 +121,7 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
         processes.append(scorers[0])
         scorers[0].wait_ready()
         assert "serving champion v2 (was none)" in scorers[0].log(), "found on control at start"
-        sender.join(60)
+        sender.finish(180)
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 6500, 120, "6500 predictions")
         ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
         assert ids == Counter(f"e{i}" for i in range(6500)), "nothing lost, nothing duplicated"
@@ -122,7 +131,7 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
         code, lines, stderr = control(bootstrap, prefix, "rollback", "--to-version", "1")
         assert code == 0, (lines, stderr)
         for s in scorers:
-            wait_until(lambda s=s: "serving champion v1 (was v2)" in s.log(), 30, "the scorers back on v1")
+            wait_until(lambda s=s: "serving champion v1 (was v2)" in s.log(), 60, "the scorers back on v1")
         produce(bootstrap, prefix + "events", [event(i) for i in range(6500, 6600)])
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 6600, 60, "6600 predictions")
         last = {f"e{i}" for i in range(6500, 6600)}
@@ -171,7 +180,7 @@ def test_a_scorer_frozen_past_its_session_timeout_commits_nothing_it_lost(bootst
             committed_offsets(bootstrap, group, prefix + "events", 4), frozen_at, strict=True)),
             60, "s2 to take over all four partitions")
         s1.proc.send_signal(signal.SIGCONT)
-        sender.join(60)
+        sender.finish(180)
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= total, 120, f"{total} predictions")
         ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
         assert ids == Counter(f"e{i}" for i in range(total)), "nothing lost, nothing duplicated"
@@ -191,9 +200,9 @@ def test_a_scorer_without_a_trainer_says_what_it_waits_for(bootstrap, unique, tm
     port = free_port()
     alone = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1", "--metrics-port", str(port))
     try:
-        wait_until(lambda: port_open(port), 30, "its metrics port")
+        wait_until(lambda: port_open(port), 60, "its metrics port")
         reason = "not ready: waiting for the champion: no trainer has published version 1 yet\n"
-        wait_until(lambda: http(port, "/readyz") == (503, reason), 30, "the reason on /readyz")
+        wait_until(lambda: http(port, "/readyz") == (503, reason), 60, "the reason on /readyz")
     finally:
         assert alone.stop(30) == 0, alone.log()[-2000:]
 
@@ -217,16 +226,17 @@ def test_scorers_serve_version_1_during_the_trainers_warm_up(bootstrap, unique, 
         trainer.wait_ready()
         s1.wait_ready()  # version 1 is on `models` from the trainer's start
         typo = scorer(bootstrap, prefix, tmp_path / "s2.log", "s2", "--secret", "not the trainer's")
-        assert typo.proc.wait(30) == 2, typo.log()  # it would wait for a champion it can never verify
+        processes.append(typo)  # stopped at the end if it failed to exit
+        assert typo.proc.wait(90) == 2, typo.log()  # it would wait for a champion it can never verify
         assert "worker: configuration error: cannot serve: signature mismatch" in typo.log(), typo.log()
         produce(bootstrap, prefix + "events", [event(i, label=None) for i in range(300)])
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 300, 60, "300 predictions, no label yet")
         assert {p["model_version"] for p in predictions(bootstrap, prefix)} == {1}
         assert "learned from 0 labelled events" in s1.log()
         produce(bootstrap, prefix + "labels", labels(0, 100))
-        wait_until(lambda: "(was v1), learned from 100 labelled events" in s1.log(), 30, "v1 republished")
+        wait_until(lambda: "(was v1), learned from 100 labelled events" in s1.log(), 60, "v1 republished")
         produce(bootstrap, prefix + "labels", labels(100, 300))  # the 200th ends the warm-up
-        wait_until(lambda: "(was v1), learned from 200 labelled events" in s1.log(), 30, "the final v1")
+        wait_until(lambda: "(was v1), learned from 200 labelled events" in s1.log(), 60, "the final v1")
         v1 = [orjson.loads(m.value()) for m in read_all(bootstrap, prefix + "models") if m.key() == b"v1"]
         assert v1[0]["learning"] is True and "learning" not in v1[-1], "republished for good"
         produce(bootstrap, prefix + "events", [event(i) for i in range(300, 400)])
@@ -255,14 +265,14 @@ def test_with_signed_commands_scorers_ignore_a_forged_lifecycle_event(bootstrap,
         trainer.wait_ready()
         s1.wait_ready()
         produce(bootstrap, prefix + "events", [event(i) for i in range(200)])  # warm-up ends at 100
-        wait_until(lambda: "challenger_created" in trainer.log(), 30, "the challenger v2")
+        wait_until(lambda: "challenger_created" in trainer.log(), 60, "the challenger v2")
         code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
         assert code == 0, (lines, stderr)
-        wait_until(lambda: "serving champion v2" in s1.log(), 30, "the scorer to serve v2")
+        wait_until(lambda: "serving champion v2" in s1.log(), 60, "the scorer to serve v2")
         forged = {"type": "promoted", "champion": 1, "challenger": 2, "split": 100.0, "detail": {},
                   "offsets": {}, "labelled": 0}
         produce(bootstrap, prefix + "control", [(None, orjson.dumps(forged))])
-        wait_until(lambda: "ignored a promoted on control without a valid signature" in s1.log(), 30,
+        wait_until(lambda: "ignored a promoted on control without a valid signature" in s1.log(), 60,
                    "the scorer to ignore the forged event")
         # nor may an old signed event, written again, turn them back to v1
         old = next(m.value() for m in read_all(bootstrap, prefix + "control")
@@ -308,10 +318,10 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
         trainer.wait_ready()
         s1.wait_ready()
         produce(bootstrap, prefix + "events", [event(i) for i in range(300)])  # warm-up ends at 200
-        wait_until(lambda: "challenger_created" in trainer.log(), 30, "the challenger v2")
+        wait_until(lambda: "challenger_created" in trainer.log(), 60, "the challenger v2")
         code, lines, stderr = control(bootstrap, prefix, "split", "30")
         assert code == 0 and lines[-1]["split"] == 30.0, (lines, stderr)
-        wait_until(lambda: "serving challenger v2 to 30 % of entities" in s1.log(), 30, "v2 loaded")
+        wait_until(lambda: "serving challenger v2 to 30 % of entities" in s1.log(), 60, "v2 loaded")
         produce(bootstrap, prefix + "events", [event(i) for i in range(300, 600)])
         wait_until(lambda: len(served(300, 600)) == 300, 60, "300 predictions under the split")
         assert served(300, 600) == expected(300, 600, 30, champion=1, challenger=2)
@@ -320,7 +330,7 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
         for line in ('worker_model_version{role="champion"} 1.0',
                      'worker_model_version{role="challenger"} 2.0', "worker_split_percent 30.0"):
             assert line in metrics, line
-        wait_until(lambda: "serving challenger v2 to 30 % of entities (was v2)" in s1.log(), 30,
+        wait_until(lambda: "serving challenger v2 to 30 % of entities (was v2)" in s1.log(), 60,
                    "v2 republished as it learned")
         s2 = scorer(bootstrap, prefix, tmp_path / "s2.log", "s2")  # finds the split on control at start
         processes.append(s2)
@@ -338,7 +348,7 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
 
         code, lines, stderr = control(bootstrap, prefix, "reset")  # challenger v4 replaces v3
         assert code == 0, (lines, stderr)
-        wait_until(lambda: "serving challenger v4" in s1.log(), 30, "the scorer to load v4")
+        wait_until(lambda: "serving challenger v4" in s1.log(), 60, "the scorer to load v4")
         latest = {m.key(): m.value() for m in read_all(bootstrap, prefix + "models") if b"/" not in m.key()}
         assert {key for key, value in latest.items() if value is not None} == {b"v1", b"v2", b"v4"}, \
             "the replaced challenger v3 is gone, the former champion v1 stays"
@@ -346,7 +356,7 @@ def test_scorers_serve_the_challenger_to_its_share_of_entities_under_a_split(boo
         code, lines, stderr = control(bootstrap, prefix, "split", "0")
         assert code == 0, (lines, stderr)
         for s in (s1, s2):
-            wait_until(lambda s=s: "traffic split: 0 %" in s.log(), 30, "the scorers to read split 0")
+            wait_until(lambda s=s: "traffic split: 0 %" in s.log(), 60, "the scorers to read split 0")
         produce(bootstrap, prefix + "events", [event(i, label=None) for i in range(800, 900)])
         wait_until(lambda: len(served(800, 900)) == 100, 60, "100 predictions at split 0")
         assert set(served(800, 900).values()) == {("champion", 2)}
@@ -376,14 +386,14 @@ def test_a_champion_that_learns_is_republished_as_it_learns_and_for_good_when_de
     with running(bootstrap, prefix, tmp_path / "trainer.log", *args):
         produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
         wait_until(lambda: status(bootstrap, prefix)["counts"]["labelled"] == 300, 60, "300 labels learned")
-        wait_until(lambda: manifests(1)[-1]["learned"] == 300, 30, "v1 republished as it learned")
+        wait_until(lambda: manifests(1)[-1]["learned"] == 300, 60, "v1 republished as it learned")
         assert all(m["learning"] for m in manifests(1)), "v1 never stopped learning"
         code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
         assert code == 0, (lines, stderr)
         final = manifests(1)[-1]
         assert "learning" not in final and final["learned"] == 300, final
         produce(bootstrap, prefix + "events", [event(i) for i in range(300, 400)])
-        wait_until(lambda: manifests(2)[-1]["learned"] == manifests(2)[0]["learned"] + 100, 30,
+        wait_until(lambda: manifests(2)[-1]["learned"] == manifests(2)[0]["learned"] + 100, 60,
                    "v2 republished as it learned")
         assert all(m["learning"] for m in manifests(2)) and manifests(1)[-1] == final
 
@@ -404,7 +414,7 @@ def test_scorers_serve_on_while_the_trainer_is_down_and_follow_its_restart(boots
         s1.wait_ready()
         code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
         assert code == 0, (lines, stderr)
-        wait_until(lambda: "serving champion v2" in s1.log(), 30, "the scorer to load v2")
+        wait_until(lambda: "serving champion v2" in s1.log(), 60, "the scorer to load v2")
         models_before = len(read_all(bootstrap, prefix + "models"))
 
         trainer.kill()
@@ -421,7 +431,7 @@ def test_scorers_serve_on_while_the_trainer_is_down_and_follow_its_restart(boots
         assert len(read_all(bootstrap, prefix + "models")) == models_before, "nothing published twice"
         code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "2")
         assert code == 0, (lines, stderr)
-        wait_until(lambda: "serving champion v3" in s1.log(), 30, "the scorer to load v3")
+        wait_until(lambda: "serving champion v3" in s1.log(), 60, "the scorer to load v3")
         produce(bootstrap, prefix + "events", [event(i) for i in range(2000, 2100)])
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 2100, 60, "2100 predictions")
         ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
@@ -476,7 +486,7 @@ def test_a_scorer_dead_letters_bad_events_once_and_serves_on(bootstrap, unique, 
                    f"{len(bad)} dead letters")
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= valid, 60, f"{valid} predictions")
         counted = {"events": valid, "undecodable": len(bad) - 1, "bad": 1}  # the trainer counts them all
-        wait_until(lambda: {k: status(bootstrap, prefix)["counts"][k] for k in counted} == counted, 30,
+        wait_until(lambda: {k: status(bootstrap, prefix)["counts"][k] for k in counted} == counted, 60,
                    "the trainer to have read every event")
         dlq = read_all(bootstrap, prefix + "events.dlq")
         assert len(dlq) == len(bad), [header_map(m).get("dlq.error") for m in dlq]
@@ -504,7 +514,7 @@ def test_a_partition_added_to_events_reaches_the_trainer_and_the_scorers(bootstr
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 400, 60, "the new partition's predictions")
         ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
         assert ids == Counter(f"e{i}" for i in range(400)), "each event once"
-        counted = wait_until(lambda: (n := status(bootstrap, prefix)["counts"]["events"]) == 400 and n, 30,
+        counted = wait_until(lambda: (n := status(bootstrap, prefix)["counts"]["events"]) == 400 and n, 60,
                              "the trainer to read the new partition")
         assert counted == 400 and f"new partitions: {prefix}events[1]" in trainer.log()
 
@@ -521,8 +531,8 @@ def test_a_scorer_whose_predictions_the_broker_refuses_serves_them_again_later(b
         # a steady flow, so that produce() is called in transactions that already failed
         sender = steady_producer(bootstrap, prefix + "events", (event(i) for i in range(300, 2300)),
                                  rate_per_s=1000)
-        sender.join(60)
-        wait_until(lambda: s1.log().count("transaction failed") >= 3, 30, "refused transactions")
+        sender.finish(180)
+        wait_until(lambda: s1.log().count("transaction failed") >= 3, 60, "refused transactions")
         assert len(predictions(bootstrap, prefix)) == 300
         set_max_message_bytes(bootstrap, prefix + "predictions", 1_048_588)
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 2300, 60, "the refused events served again")
