@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from worker.errors import ConfigError
-from worker.io.topics import create_topics, missing_topics
+from worker.io.topics import CONNECT_TIMEOUT_S, create_topics, missing_topics
 from worker.settings import MAX_MESSAGE_BYTES, TopicNames
 
 TIMEOUT_S = 60
@@ -115,22 +115,25 @@ def test_create_topics_in_process_reports_created_then_exists(bootstrap, unique)
 
 
 def test_unreachable_broker_is_a_config_error_with_one_line_quickly():
+    """Quickly: within the connect bound (CONNECT_TIMEOUT_S, 8 s) and the process's own
+    start-up (interpreter and imports: under a second alone, a few on 2 cores under
+    `pytest -n 4`; 12 s allowed), where librdkafka alone would retry for ever."""
     started = time.monotonic()
-    out = worker("topics", "create", "--bootstrap", "127.0.0.1:1", timeout=30)
+    out = worker("topics", "create", "--bootstrap", "127.0.0.1:1", timeout=60)
     elapsed = time.monotonic() - started
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("worker: configuration error: cannot reach Kafka at 127.0.0.1:1: ")
     assert out.stdout == ""
-    assert elapsed < 15
+    assert elapsed < CONNECT_TIMEOUT_S + 12, elapsed
 
 
 def test_missing_topics_on_an_unreachable_broker_raises_config_error():
     started = time.monotonic()
     with pytest.raises(ConfigError, match="cannot reach Kafka at 127.0.0.1:1"):
         missing_topics({"bootstrap.servers": "127.0.0.1:1"}, ["events"], timeout_s=2)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 10  # in process: the 2 s given, a client's set-up and close
 
 
 def test_an_existing_models_topic_that_is_not_compacted_is_refused(bootstrap, unique, create_topic):

@@ -33,7 +33,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from worker.io.codec import sign_command
-from worker.io.topics import topic_specs
+from worker.io.topics import CONNECT_TIMEOUT_S, topic_specs
 from worker.settings import TopicNames
 
 OTHER_SPEC = "preprocessing.StandardScaler | linear_model.LogisticRegression(l2=0.01)"
@@ -227,7 +227,7 @@ def test_malformed_events_go_to_the_dlq_and_the_worker_goes_on(bootstrap, unique
             lambda: [r for r in json_values(read_all(bootstrap, prefix + "control"))
                      if r["type"] == "status_report" and "command_id" not in r
                      and r["detail"]["counts"]["undecodable"] == len(bad)],
-            30, "a periodic status report that counts every dead letter",
+            60, "a periodic status report that counts every dead letter",
         )
         assert periodic[-1]["detail"]["counts"]["events"] == len(valid_ids) + 1
         everyone = [r for r in json_values(read_all(bootstrap, prefix + "control"))
@@ -237,11 +237,21 @@ def test_malformed_events_go_to_the_dlq_and_the_worker_goes_on(bootstrap, unique
 
 
 def set_max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
+    """Set ``topic``'s max.message.bytes, and return once the broker applies it: the
+    controller acknowledges the change before the broker has taken it from the metadata
+    log, and a message written meanwhile is still held to the old limit."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
         ConfigEntry("max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET)])
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
+
+    def applied() -> bool:
+        described = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        config = admin.describe_configs([described])[described].result(timeout=30)
+        return config["max.message.bytes"].value == str(value)
+
+    wait_until(applied, 30, f"the broker to apply max.message.bytes={value} on {topic}")
 
 
 def test_outputs_never_exceed_their_topics_message_size(bootstrap, unique, tmp_path):
@@ -259,7 +269,7 @@ def test_outputs_never_exceed_their_topics_message_size(bootstrap, unique, tmp_p
         records = [event(i) for i in range(20)] + [big_bad, big_key] + [event(i) for i in range(21, 40)]
         positions = produce_tracked(bootstrap, prefix + "events", records)
         wait_predicted(bootstrap, prefix, 39)
-        dlq = wait_until(lambda: len(m := read_all(bootstrap, prefix + "events.dlq")) >= 2 and m, 30,
+        dlq = wait_until(lambda: len(m := read_all(bootstrap, prefix + "events.dlq")) >= 2 and m, 60,
                          "two dead letters")
         assert Counter(predicted_ids(bootstrap, prefix)) == Counter(f"e{i}" for i in range(40) if i != 20)
         first, second = (header_map(m) for m in dlq)
@@ -352,7 +362,7 @@ def test_a_message_the_broker_refuses_aborts_the_transaction_and_the_worker_goes
         # lowered after the start, when the worker has sized its model chunks (1 MB)
         set_max_message_bytes(bootstrap, prefix + "models", 1000)  # a model is ~1.4 KB
         produce(bootstrap, prefix + "events", [event(i) for i in range(100)])
-        wait_until(lambda: "transaction aborted" in worker.log(), 30, "a refused transaction")
+        wait_until(lambda: "transaction aborted" in worker.log(), 60, "a refused transaction")
         before = set(predicted_ids(bootstrap, prefix))  # none from the failing transactions
         assert before <= {f"e{i}" for i in range(49)}, "e49 ends the warm-up: v1 is published with it"
         set_max_message_bytes(bootstrap, prefix + "models", 8 * 1024 * 1024)
@@ -428,7 +438,7 @@ def test_operator_promote_then_rollback_and_command_checks(bootstrap, unique, tm
                     '"level": "warning"' in line and cid in line and "signature" in line
                     for line in worker.log().splitlines()
                 ),
-                10,
+                30,
                 "the worker's warning about the command",
             )
         assert status(bootstrap, prefix)["champion"] == 1
@@ -490,7 +500,7 @@ def test_with_signed_commands_an_old_signed_command_written_again_is_refused(boo
         assert 'needs a "ts"' in undated[0]["detail"]["reason"], undated
         assert status(bootstrap, prefix)["learning"] is False  # still paused
         wait_until(lambda: any('"level": "warning"' in line and "old-resume" in line and "stale" in line
-                               for line in worker.log().splitlines()), 10, "the worker's warning")
+                               for line in worker.log().splitlines()), 30, "the worker's warning")
 
 
 def test_an_invalid_raw_command_is_answered_rejected_and_dead_lettered(bootstrap, unique, tmp_path):
@@ -505,13 +515,14 @@ def test_an_invalid_raw_command_is_answered_rejected_and_dead_lettered(bootstrap
         producer.produce(prefix + "control", b'{"type": "set_split", "command_id": "raw-1", "percent": 150}',
                          headers=[("trace-id", b"t-1")])
         producer.produce(prefix + "control", b'{"type": "frobnicate", "command_id": "raw-2"}')
-        producer.flush(10)
+        assert producer.flush(30) == 0
 
         def answers() -> dict[str, dict]:
             return {m["command_id"]: m for m in json_values(read_all(bootstrap, prefix + "control"))
                     if m.get("type") == "command_rejected"}
 
-        wait_until(lambda: len(read_all(bootstrap, prefix + "events.dlq")) == 2, 30, "two dead letters")
+        wait_until(lambda: len(read_all(bootstrap, prefix + "events.dlq")) == 2, 60, "two dead letters")
+        wait_until(lambda: "raw-1" in answers(), 30, "the answer to raw-1")
         first, second = read_all(bootstrap, prefix + "events.dlq")
         assert first.headers()[0] == ("trace-id", b"t-1"), "the producer's headers are kept, first"
         assert header_map(first)["dlq.error"].startswith(b"percent must be")
@@ -635,13 +646,21 @@ def test_without_a_labels_topic_the_worker_runs_and_reads_it_once_created(bootst
 # ----------------------------------------------------------------- 7. start-up errors
 
 
+#: How long a `worker run` that must refuse to start may take, its own start-up included:
+#: the longest wait of a start-up check (an unreachable broker: CONNECT_TIMEOUT_S, 8 s),
+#: plus the interpreter and the imports (river, numpy: 1-1.5 s at a load of 4.5 on 2
+#: cores, measured; 12 s for a process starved under `pytest -n 4`). A worker that waited
+#: on the broker as librdkafka does by default (for ever) would still be caught.
+STARTUP_ERROR_S = CONNECT_TIMEOUT_S + 12
+
+
 def run_briefly(*args: str) -> tuple[int, str, float]:
     started = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-m", "worker", "run", "--secret", SECRET, *args],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
     )
     return out.returncode, out.stderr, time.monotonic() - started
 
@@ -701,7 +720,7 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
     )
     line = the_one_error_line(stderr)
     assert code == 2, stderr
-    assert elapsed < 15
+    assert elapsed < STARTUP_ERROR_S, elapsed
     assert "missing topic" in line and names.predictions in line, line
     assert f"(create it with `worker topics create --topic-prefix {prefix}`)" in line, line
     assert names.events + "," not in line and names.control not in line, line  # only the missing one
@@ -716,14 +735,14 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
         )
         line = the_one_error_line(stderr)
         assert code == 2, stderr
-        assert elapsed < 15
+        assert elapsed < STARTUP_ERROR_S, elapsed
         assert f"configuration error: {option}: invalid model spec" in line and problem in line, line
 
     # an unreachable broker
     code, stderr, elapsed = run_briefly("--bootstrap", "127.0.0.1:1", "--topic-prefix", prefix)
     line = the_one_error_line(stderr)
     assert code == 2, stderr
-    assert elapsed < 15
+    assert elapsed < STARTUP_ERROR_S, elapsed
     assert "cannot reach Kafka" in line and "127.0.0.1:1" in line, line
 
     # a scorer: the same checks, and what it cannot do
@@ -732,7 +751,7 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
         code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", unique("none") + ".",
                                             "--role", "scorer", *args)
         line = the_one_error_line(stderr)
-        assert code == 2 and elapsed < 15, stderr
+        assert code == 2 and elapsed < STARTUP_ERROR_S, (elapsed, stderr)
         assert problem in line, line
 
     # a transaction timeout above what the broker allows (its default maximum is 15 minutes)
@@ -745,7 +764,7 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
         code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", complete, *setting,
                                             "--role", role)
         line = the_one_error_line(stderr)
-        assert code == 2 and elapsed < 15, stderr
+        assert code == 2 and elapsed < STARTUP_ERROR_S, (elapsed, stderr)
         assert "the broker refused the worker's set-up" in line and "transaction" in line, line
 
     # topics made by hand with a shape that breaks a guarantee
@@ -763,7 +782,7 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
             future.result(timeout=30)
         code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", prefix)
         line = the_one_error_line(stderr)
-        assert code == 2 and elapsed < 15, stderr
+        assert code == 2 and elapsed < STARTUP_ERROR_S, (elapsed, stderr)
         assert problem in line and name in line, line
 
     # the operator's side: `worker control` to a deployment without its control topic
