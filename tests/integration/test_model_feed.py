@@ -34,12 +34,12 @@ def test_a_publication_that_cannot_be_loaded_is_tried_once_and_a_new_one_at_once
                           linear_model.LogisticRegression())
         for key, value in model_messages(mv, secret, chunk_bytes=20_000, published_labelled=0):
             producer.produce(kafka.topics.models, key=key, value=value)
-        producer.flush(10)
+        assert producer.flush(30) == 0
 
     def champion(version: int) -> None:
         producer.produce(kafka.topics.control, encode_lifecycle(LifecycleEvent(
             type="promoted", command_id=None, champion=version, challenger=None, detail={}, split=0.0)))
-        producer.flush(10)
+        assert producer.flush(30) == 0
 
     reads = []
     read_models = scorer.read_models
@@ -54,11 +54,11 @@ def test_a_publication_that_cannot_be_loaded_is_tried_once_and_a_new_one_at_once
         publish(2, secret=b"another secret")  # e.g. a trainer restarted with a new secret first
         producer.produce(kafka.topics.models, key=b"v3", value=b"not a manifest")  # not a worker's
         champion(2)
-        wait_until(lambda: feed.poll() or "signature mismatch" in str(feed.champion_error), 30,
+        wait_until(lambda: feed.poll() or "signature mismatch" in str(feed.champion_error), 60,
                    "the attempt to load v2")
         assert reads == [], "its chunks are all here: reading the topic again would not help"
         champion(3)
-        wait_until(lambda: feed.poll() or "malformed manifest" in str(feed.champion_error), 30,
+        wait_until(lambda: feed.poll() or "malformed manifest" in str(feed.champion_error), 60,
                    "the attempt to load v3")
         deadline = time.monotonic() + 3  # RETRY_S is 1 s: three more reads if it retried on a timer
         while time.monotonic() < deadline:
@@ -67,6 +67,6 @@ def test_a_publication_that_cannot_be_loaded_is_tried_once_and_a_new_one_at_once
         assert feed.champion.version == 1, "it serves what it has meanwhile"
 
         publish(3)
-        wait_until(lambda: feed.poll() or feed.champion.version == 3, 30, "v3, published anew")
+        wait_until(lambda: feed.poll() or feed.champion.version == 3, 60, "v3, published anew")
     finally:
         feed.close()
