@@ -246,6 +246,39 @@ def call_bounded(call: Callable[..., Any], *args: Any, grace_s: float = 5.0) -> 
     return value
 
 
+class InBackground:
+    """One call on a helper thread, its outcome collected later on the caller's thread.
+
+    The run loop commits a transaction this way while it handles the next interval's
+    input: librdkafka's transactional calls wait for the broker (a few milliseconds per
+    commit, ~8 % of the loop at full speed) with the GIL released."""
+
+    def __init__(self, call: Callable[[], Any], name: str) -> None:
+        self._outcome: list[tuple[bool, Any]] = []
+        self._thread = threading.Thread(target=self._run, args=(call,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self._outcome.append((True, call()))
+        except BaseException as e:  # noqa: BLE001 - handed over to the calling thread
+            self._outcome.append((False, e))
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self, timeout_s: float | None = None) -> Any:
+        """Wait for the call (at most ``timeout_s``: then TimeoutError) and return what it
+        returned, or raise what it raised."""
+        self._thread.join(timeout_s)
+        if not self._outcome:
+            raise TimeoutError(f"{self._thread.name} still running after {timeout_s}s")
+        ok, value = self._outcome[0]
+        if not ok:
+            raise value
+        return value
+
+
 def is_fatal(error: KafkaError) -> bool:
     """The producer is unusable: fenced (by a newer instance, or by the broker after a
     transaction timed out), or another fatal error (`produce` then reports `_FATAL`)."""

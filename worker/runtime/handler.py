@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message, Producer
 
@@ -87,6 +88,26 @@ def produce_prediction(producer: Producer, topic: str, prediction: Prediction, m
         raise BadInputError(f"its prediction ({len(key) + len(value)} bytes with its key) is larger "
                             f"than {topic} accepts ({max_bytes} bytes)")
     producer.produce(topic, value, key)  # positional: keywords cost a third of the call
+
+
+class HeldOutputs:
+    """Stands in for the producer while the previous transaction commits on a helper
+    thread (no message may be produced between a commit and the next begin): the
+    ``produce`` calls are kept, in order, and :meth:`replay` makes them into the next
+    transaction. Dropped with the transaction if the commit fails (recovery then serves
+    their input again). At most one commit interval of outputs."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((args, kwargs))
+
+    def replay(self, producer: Producer) -> None:
+        produce = producer.produce
+        for args, kwargs in self.calls:
+            produce(*args, **kwargs)
+        self.calls = []
 
 
 class DeadLetters:

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import signal
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from worker.io.models import Catalog, read_models
 from worker.io.topics import check_not_deleted, check_shapes, message_limits, missing_topics, require_topics
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints, Run
 from worker.runtime.every import Every
-from worker.runtime.handler import Handler, batch_bytes, chunk_bytes
+from worker.runtime.handler import Handler, HeldOutputs, batch_bytes, chunk_bytes
 from worker.settings import KafkaSettings
 
 log = logging.getLogger("worker.run")
@@ -50,6 +51,16 @@ ROLES = ("all", "trainer", "scorer")
 HEARTBEAT_S = 2.0  # an idle exactly-once worker commits this often, to notice a takeover
 PARTITIONS_CHECK_S = 5.0  # how often the inputs are checked for added partitions
 LEARN_ERRORS_EVERY_S = 60.0  # at most one warning per minute about models that could not learn
+# The GIL switch interval while a commit runs on the helper thread: librdkafka calls back
+# into Python (delivery reports) while committing, and each time that thread waits for the
+# busy loop to let go of the GIL, 5 ms by default (a commit took 90 ms instead of 5).
+COMMIT_SWITCH_S = 0.0005
+
+
+class CommitFailed(KafkaException):
+    """The commit that ran on the helper thread failed; ``args[0]`` is its KafkaError. The
+    loop had moved on to the next transaction's input, so it recovers from the last commit
+    whatever the error (a retriable one included)."""
 
 
 def version_label(version: int | None) -> str:
@@ -154,6 +165,10 @@ class Worker:
         self._leftover: list[Any] = []  # consumed, not yet handled: the next transaction's
         self._assigned_at: dict[tuple[str, int], int] = {}  # the offsets _assign positioned at
         self._span_began: float | None = None  # first message handled in this transaction
+        # exactly_once: the commit of the previous transaction, on a helper thread (see _commit)
+        self._in_flight: kafka.InBackground | None = None
+        self._in_flight_span: float | None = None  # its _span_began
+        self._switch_interval = sys.getswitchinterval()  # restored when no commit is on its way
         self._last_consume_error = 0.0
         self._consumer = None  # events and labels
         self._control_consumer = None  # control alone, so that a command never waits behind them
@@ -186,9 +201,14 @@ class Worker:
                 try:
                     self._step()
                 except KafkaException as e:
-                    self._on_kafka_error(e.args[0])
+                    self._on_kafka_error(e.args[0], failed_commit=isinstance(e, CommitFailed))
+            if self._in_flight is not None:  # the last interval's commit, handled as in the loop
+                try:
+                    self._settle()
+                except KafkaException as e:
+                    self._on_kafka_error(e.args[0], failed_commit=isinstance(e, CommitFailed))
             if self.ready:
-                self._commit(force_snapshot=True)  # a restart then has nothing to replay
+                self._commit(force_snapshot=True, wait=True)  # a restart then has nothing to replay
         finally:
             self._close()
         log.info("stopped cleanly")
@@ -222,7 +242,7 @@ class Worker:
         self.engine.report_status()  # what it restored, signed: scorers and reports start from it
         self._handler.flush(emit=True)  # with the champion on `models`, unless it is there
         if self.exactly_once:
-            self._commit(force_snapshot=True)  # a fresh baseline: recovery never replays twice
+            self._commit(force_snapshot=True, wait=True)  # a fresh baseline: recovery never replays twice
         self.ready = True
         self._fresh = False
         log.info("ready: champion v%d, challenger %s, reading %d partitions", self.engine.champion,
@@ -231,6 +251,13 @@ class Worker:
 
     def _close(self) -> None:
         self.ready = False
+        if self._in_flight is not None:  # an error stopped the loop while a commit was on its way
+            try:
+                self._in_flight.result(TXN_CALL_TIMEOUT_S)
+            except (KafkaException, WorkerError, TimeoutError) as e:
+                log.debug("commit on close: %s", e)
+            self._in_flight = None
+            sys.setswitchinterval(self._switch_interval)
         try:
             if self._producer is not None:
                 self._producer.flush(10)
@@ -271,6 +298,7 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or budget == 0:
                 break
+            self._settle(wait=False)  # the previous interval's commit, once it is done
             # commands first: control has a consumer of its own, so an operator's command
             # is handled within a commit interval, however long the events' backlog
             self._handle(self._control_consumer.consume(num_messages=100, timeout=0))
@@ -376,7 +404,11 @@ class Worker:
         positions.update(first_left)
         return [TopicPartition(t, p, o) for (t, p), o in positions.items()]
 
-    def _commit(self, force_snapshot: bool = False) -> None:
+    def _commit(self, force_snapshot: bool = False, wait: bool = False) -> None:
+        """Commit what was handled since the last commit (exactly once: one transaction; at
+        least once: a snapshot when due). The transaction commits on a helper thread while
+        the loop goes on with the next interval's input (:meth:`_settle`), unless ``wait``."""
+        self._settle()  # the previous commit first (done by now, nearly always)
         every_events = self.settings.snapshot_interval_events
         events_since = self.engine.counts["events"] - self._snapshot_events
         now = time.monotonic()
@@ -402,10 +434,8 @@ class Worker:
                 # An idle instance would never learn that a newer one fenced it: touch the log.
                 self._checkpoints.write_instance(self._producer, self.instance)
             self._commit_transaction(snapshot_due)
-            self._last_commit = time.monotonic()
-            if self._span_began is not None:
-                self.observer.observe_transaction(self._last_commit - self._span_began)
-                self._span_began = None
+            if wait:
+                self._settle()
         else:
             self._producer.poll(0)
             if snapshot_due:
@@ -426,12 +456,41 @@ class Worker:
         elif self._runs:
             self._checkpoints.write_progress(producer, self._runs)
         positions = self._processed_offsets()
+        metadata = self._consumer.consumer_group_metadata() if positions else None
+        self._in_flight_span, self._span_began = self._span_began, None
+        producer.poll(0)  # the delivery reports so far, on this thread: the commit then has few left
+        sys.setswitchinterval(COMMIT_SWITCH_S)  # until _settle
+        self._in_flight = kafka.InBackground(lambda: self._end_transaction(producer, positions, metadata),
+                                             "kafka-commit")
+        self._handler.producer = HeldOutputs()  # until the next transaction has begun
+
+    def _end_transaction(self, producer: Any, positions: list[TopicPartition], metadata: Any) -> None:
+        """On the helper thread: the consumed offsets, the commit, the next begin."""
         if positions:
-            metadata = self._consumer.consumer_group_metadata()
             kafka.call_bounded(producer.send_offsets_to_transaction, positions, metadata, OFFSETS_TIMEOUT_S)
         kafka.retrying(producer.commit_transaction, TXN_CALL_TIMEOUT_S, self._check_not_deleted)
-        self.broker_unreachable = False
         producer.begin_transaction()
+
+    def _settle(self, wait: bool = True) -> None:
+        """Collect the commit on its way, when it is done or (``wait``) once it is: the
+        outputs held meanwhile go into the transaction it began. A failed commit raises
+        :class:`CommitFailed`; the held outputs are dropped with it (recovery serves their
+        input again)."""
+        in_flight = self._in_flight
+        if in_flight is None or not (wait or in_flight.done()):
+            return
+        self._in_flight = None
+        sys.setswitchinterval(self._switch_interval)
+        held, self._handler.producer = self._handler.producer, self._producer
+        try:
+            in_flight.result()
+        except KafkaException as e:
+            raise CommitFailed(e.args[0]) from None
+        self._last_commit = time.monotonic()
+        self.broker_unreachable = False
+        held.replay(self._producer)
+        if self._in_flight_span is not None:
+            self.observer.observe_transaction(self._last_commit - self._in_flight_span)
 
     def _check_not_deleted(self) -> None:
         """A topic deleted while running: stop (exit 2) rather than wait in vain. The open
@@ -676,7 +735,12 @@ class Worker:
 
     # --- errors --------------------------------------------------------------------------
 
-    def _on_kafka_error(self, error: KafkaError) -> None:
+    def _on_kafka_error(self, error: KafkaError, failed_commit: bool = False) -> None:
+        if self._in_flight is not None:  # a commit on its way: its outcome first
+            try:
+                self._settle()
+            except KafkaException as e:  # the commit failed, or so did its held outputs
+                error, failed_commit = e.args[0], isinstance(e, CommitFailed)
         if error.code() == kafka.STUCK:
             log.warning("%s: abandoning the producer, recovering with a new one", error.str())
             self._producer, self.ready = None, False  # a call is still blocked inside it: let it be
@@ -697,7 +761,8 @@ class Worker:
                              f"group {group!r}? Give each its own --group; exiting")
             log.warning("producer failed (%s): new producer, recovering from the last commit", error.str())
             self._restart()
-        elif error.txn_requires_abort() or error.code() in (KafkaError._TIMED_OUT, KafkaError._STATE):
+        elif (error.txn_requires_abort() or error.code() in (KafkaError._TIMED_OUT, KafkaError._STATE)
+              or failed_commit):
             # _STATE: produce() in a transaction that has already failed (e.g. the broker
             # refused one of its messages); abort it like any abortable error
             if error.code() in kafka.UNKNOWN_TOPIC:
