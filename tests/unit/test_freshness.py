@@ -36,3 +36,8 @@ def test_a_signed_command_without_a_usable_ts_is_refused(ts):
 def test_zero_max_age_or_no_broker_timestamp_checks_nothing():
     assert stale_command({"ts": 0.0}, logged_at_s=1_764_160_000.0, max_age_s=0) is None
     assert stale_command({}, logged_at_s=None, max_age_s=300) is None
+
+
+def test_a_ts_in_milliseconds_is_refused_with_a_hint():
+    reason = stale_command({"ts": 1_764_160_000_000}, logged_at_s=1_764_160_000.0, max_age_s=300)
+    assert reason is not None and "seconds, not milliseconds" in reason

@@ -51,6 +51,7 @@ def stale_command(raw: Mapping[str, Any], logged_at_s: float | None, max_age_s: 
         return (f"stale: signed {age:.0f} s before the broker logged it (at most {max_age_s:g} s): "
                 "a copy written again, or clocks apart")
     if -age > max_age_s:
+        unit = " (ts must be in seconds, not milliseconds)" if signed > 100 * logged_at_s > 0 else ""
         return (f"stale: signed {-age:.0f} s after the broker logged it (at most {max_age_s:g} s "
-                "ahead): the signer's clock is wrong")
+                f"ahead): the signer's clock is wrong{unit}")
     return None
