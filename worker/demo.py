@@ -345,27 +345,14 @@ def tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
-def count_committed(consumer_config: dict[str, Any], topic: str, timeout_s: float = 60.0) -> int:
+def count_committed(consumer_config: dict[str, Any], topic: str) -> int:
     """Messages a read_committed consumer sees on every partition of ``topic``."""
-    from confluent_kafka import KafkaError, TopicPartition
-
     from worker.io import kafka
 
     reader = kafka.reader({**consumer_config, "group.id": "demo-count"})
     try:
         partitions = kafka.partitions_of(reader, topic)
-        reader.assign([TopicPartition(topic, p, 0) for p in partitions])
-        done: set[int] = set()
-        count = 0
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(partitions) and time.monotonic() < deadline:
-            for msg in reader.consume(num_messages=10_000, timeout=0.5):
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        done.add(msg.partition())
-                    continue
-                count += 1
-        return count
+        return sum(1 for p in partitions for _ in kafka.read_range(reader, topic, p, 0))
     finally:
         reader.close()
 
