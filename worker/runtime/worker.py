@@ -232,6 +232,9 @@ class Worker:
         if self._producer is not None:
             self._producer.flush(5)
         config = self.settings.kafka.producer_config(batch_bytes(self._message_bytes))
+        # the producer says so too: during an outage the loop may be waiting for a commit (on
+        # the helper thread, which serves this callback) and not consume, so not hear it
+        config["error_cb"] = self._on_client_error
         if not self.exactly_once:
             self._undelivered = 0
             config["on_delivery"] = self._on_delivery
