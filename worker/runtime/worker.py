@@ -51,6 +51,10 @@ OFFSETS_TIMEOUT_S = 10.0  # send_offsets_to_transaction; it may ignore it (see k
 ROLES = ("all", "trainer", "scorer")
 HEARTBEAT_S = 2.0  # an idle exactly-once worker commits this often, to notice a takeover
 PARTITIONS_CHECK_S = 5.0  # how often the inputs are checked for added partitions
+# Three unexplained fencings within this time: another deployment shares the group. Each
+# costs ~14 s on a loaded 2-core machine (a 5 s look at worker-state, a new producer, its
+# recovery, the other's next transaction), so three take ~55 s: a minute was too tight.
+FENCED_WINDOW_S = 180.0
 LEARN_ERRORS_EVERY_S = 60.0  # at most one warning per minute about models that could not learn
 # The GIL switch interval while a commit runs on the helper thread: librdkafka calls back
 # into Python (delivery reports) while committing, and each time that thread waits for the
@@ -768,12 +772,14 @@ class Worker:
                 raise Fenced(f"fenced: another instance of group {group!r} took over "
                              f"(transactional.id {txn_id}); exiting")
             now = time.monotonic()
-            self._unexplained_failures = [t for t in self._unexplained_failures if now - t < 60] + [now]
+            self._unexplained_failures = [t for t in self._unexplained_failures
+                                          if now - t < FENCED_WINDOW_S] + [now]
             if len(self._unexplained_failures) >= 3:
                 # Not a newer instance of ours (it would have written to our worker-state),
                 # yet fenced again and again: another deployment (another topic prefix) with
                 # the same group. Recovering would fence it in turn, forever.
-                raise Fenced(f"fenced 3 times within a minute by a producer with transactional.id {txn_id} "
+                raise Fenced(f"fenced 3 times within {FENCED_WINDOW_S:.0f} s by a producer with "
+                             f"transactional.id {txn_id} "
                              f"that is not an instance of this deployment: does another deployment use "
                              f"group {group!r}? Give each its own --group; exiting")
             log.warning("producer failed (%s): new producer, recovering from the last commit", error.str())
