@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from tests.conftest import KAFKA_LOCAL
+
 SECRET = "test-secret"
 
 
@@ -144,15 +146,9 @@ def free_port() -> int:
     ports = xdist_slice(range(20_000, 29_000))
     while True:
         port = rng.choice(ports)
-        if port in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
+        if port not in _handed_out and _free(port):
+            _handed_out.add(port)
+            return port
 
 
 def predicted_ids(bootstrap: str, prefix: str) -> list[str]:
@@ -198,3 +194,29 @@ class WorkerProcess:
             return self.proc.wait(timeout_s)
         finally:
             self._log.close()
+
+
+class OwnBroker:
+    """A broker of the test's own, which it may stop and start: on a port pair (broker,
+    controller = port + 1) free when the test starts, between the other tests' ports
+    (`free_port`: below 29000) and the ephemeral range (32768+), so that no outgoing
+    connection holds it and two test sessions on one machine do not share it."""
+
+    def __init__(self) -> None:
+        pairs = xdist_slice(range(29_000, 32_700, 2))  # no two test processes pick the same pair
+        self.port = next(p for p in random.sample(pairs, len(pairs)) if _free(p) and _free(p + 1))
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def run(self, command: str, *args: str) -> None:
+        out = subprocess.run([sys.executable, str(KAFKA_LOCAL), command, "--port", str(self.port), *args],
+                             capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -6,19 +6,13 @@ disturbs no other test.
 
 from __future__ import annotations
 
-import random
-import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from tests.conftest import KAFKA_LOCAL
 from tests.integration.harness import (
     WorkerProcess,
     create_all_topics,
@@ -26,37 +20,10 @@ from tests.integration.harness import (
     predicted_ids,
     read_all,
     wait_until,
-    xdist_slice,
 )
 from tests.integration.test_worker_exactly_once import drifting_event, steady_producer
 
 pytestmark = pytest.mark.slow
-
-
-class OwnBroker:
-    """A broker of the test's own, which it may stop and start: on a port pair (broker,
-    controller = port + 1) free when the test starts, between the other tests' ports
-    (`free_port`: below 29000) and the ephemeral range (32768+), so that no outgoing
-    connection holds it and two test sessions on one machine do not share it."""
-
-    def __init__(self) -> None:
-        pairs = xdist_slice(range(29_000, 32_700, 2))  # no two test processes pick the same pair
-        self.port = next(p for p in random.sample(pairs, len(pairs)) if _free(p) and _free(p + 1))
-        self.bootstrap = f"127.0.0.1:{self.port}"
-
-    def run(self, command: str, *args: str) -> None:
-        out = subprocess.run([sys.executable, str(KAFKA_LOCAL), command, "--port", str(self.port), *args],
-                             capture_output=True, text=True, timeout=180)
-        assert out.returncode == 0, out.stdout + out.stderr
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def readyz(port: int) -> int:
@@ -65,16 +32,6 @@ def readyz(port: int) -> int:
             return response.status
     except urllib.error.HTTPError as e:
         return e.code
-
-
-@pytest.fixture
-def own_broker() -> Iterator[OwnBroker]:
-    broker = OwnBroker()
-    broker.run("start")
-    try:
-        yield broker
-    finally:
-        broker.run("stop", "--delete")  # its data, config and log: nothing left on a dev clone
 
 
 def test_worker_survives_a_broker_restart(own_broker, unique, tmp_path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +20,6 @@ import orjson
 import pytest
 
 from tests.integration.harness import free_port, json_values, read_all, wait_until
-from tests.integration.test_broker_outage import OwnBroker
 from worker.io.control import MIN_CONNECT_S, PROBE_S
 from worker.io.topics import CONNECT_TIMEOUT_S
 
@@ -116,17 +114,6 @@ def create_control(bootstrap: str, prefix: str) -> str:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
     return topic
-
-
-@pytest.fixture
-def own_broker() -> Iterator[OwnBroker]:
-    """A broker of the test's own, which it stops (the shared one stays up)."""
-    broker = OwnBroker()
-    broker.run("start")
-    try:
-        yield broker
-    finally:
-        broker.run("stop", "--delete")
 
 
 @pytest.mark.slow
