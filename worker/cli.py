@@ -222,7 +222,7 @@ def _run_log_level(config_path: str | None) -> str:
 
 def run_settings(config_path: str | None, flags: dict, kafka_config: tuple[str, ...]):
     """TOML [run] table, overridden by the flags, → a frozen RunSettings."""
-    from worker.runtime.worker import RunSettings
+    from worker.runtime.run_settings import RunSettings
     from worker.settings import KafkaSettings, check_keys, parse_kafka_config
 
     values = dict(load_document(config_path).get("run", {}))

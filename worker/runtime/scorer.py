@@ -43,14 +43,8 @@ from worker.io.lifecycle import Signed, latest_lifecycle, lifecycle_of, newer
 from worker.io.models import Catalog, read_catalog, read_models
 from worker.io.topics import DEFAULT_MESSAGE_BYTES, check_not_deleted, message_limits, require_topics
 from worker.runtime.handler import DeadLetters, batch_bytes, produce_prediction
-from worker.runtime.worker import (
-    OFFSETS_TIMEOUT_S,
-    PARTITIONS_CHECK_S,
-    TXN_CALL_TIMEOUT_S,
-    RunSettings,
-    install_stop_signals,
-    version_label,
-)
+from worker.runtime.process import install_stop_signals, version_label
+from worker.runtime.run_settings import OFFSETS_TIMEOUT_S, PARTITIONS_CHECK_S, TXN_CALL_TIMEOUT_S, RunSettings
 
 log = logging.getLogger("worker.scorer")
 
