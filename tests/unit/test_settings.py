@@ -265,15 +265,25 @@ def test_check_keys():
         check_keys("text", {"a"}, "[run]")
 
 
+@pytest.mark.parametrize("name, default", [("status_interval_s", 60.0), ("command_max_age_s", 300.0)])
 @pytest.mark.parametrize("interval", [-1, float("nan"), float("inf"), True, "60"])
-def test_status_interval_must_be_seconds_or_zero(interval):
+def test_intervals_must_be_seconds_or_zero(name, default, interval):
     from worker.runtime.worker import RunSettings
 
     kafka = KafkaSettings(bootstrap="127.0.0.1:9092", group="g")
-    assert RunSettings(kafka=kafka, secret=b"s").status_interval_s == 60.0
-    assert RunSettings(kafka=kafka, secret=b"s", status_interval_s=0).status_interval_s == 0
-    with pytest.raises(ConfigError, match="status_interval_s"):
-        RunSettings(kafka=kafka, secret=b"s", status_interval_s=interval)
+    assert getattr(RunSettings(kafka=kafka, secret=b"s"), name) == default
+    assert getattr(RunSettings(kafka=kafka, secret=b"s", **{name: 0}), name) == 0
+    with pytest.raises(ConfigError, match=name):
+        RunSettings(kafka=kafka, secret=b"s", **{name: interval})
+
+
+def test_command_max_age_comes_from_the_run_table(tmp_path):
+    from worker.cli import run_settings
+
+    config = tmp_path / "worker.toml"
+    config.write_text('[run]\nsecret = "s"\ncommand_max_age_s = 60\n')
+    assert run_settings(str(config), {}, ()).command_max_age_s == 60
+    assert run_settings(str(config), {"command_max_age_s": 5.0}, ()).command_max_age_s == 5.0
 
 
 @pytest.mark.parametrize("name", ["commit_interval_events", "snapshot_interval_events"])
