@@ -532,6 +532,27 @@ def test_an_invalid_raw_command_is_answered_rejected_and_dead_lettered(bootstrap
         assert status(bootstrap, prefix)["split_percent"] == 0.0
 
 
+def test_a_decision_of_an_earlier_run_read_from_control_is_skipped(bootstrap, unique, tmp_path):
+    """The worker's own decisions on control are records: an at-least-once worker restored
+    from its last snapshot reads again those it took after it, about models that under
+    the same numbers are not the ones it has now (it promoted a challenger one event old).
+    One this engine did not take is skipped, unanswered; an operator's command is not."""
+    prefix = unique("olddecision") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    with running(bootstrap, prefix, tmp_path / "worker.log", "--policy", "manual", "--warmup-labels", "50"):
+        produce(bootstrap, prefix + "events", [event(i) for i in range(60)])
+        wait_until(lambda: status(bootstrap, prefix)["challenger"] == 2, 60, "a challenger after the warm-up")
+        earlier = {"type": "promote", "command_id": "auto-promote-v1-to-v2-at-9000", "issued_by": "worker",
+                   "reason": "an earlier run's", "expected_champion": 1}
+        produce(bootstrap, prefix + "control", [(None, orjson.dumps(earlier))])
+        code, lines, stderr = control(bootstrap, prefix, "promote", "--expected-champion", "1")
+        assert code == 0 and types(lines)[-1] == "command_applied", (lines, stderr)  # read after it
+        assert status(bootstrap, prefix)["champion"] == 2
+        answered = {m.get("command_id") for m in json_values(read_all(bootstrap, prefix + "control"))
+                    if m.get("type") in ("command_applied", "command_rejected")}
+        assert "auto-promote-v1-to-v2-at-9000" not in answered
+
+
 def test_a_command_sent_while_the_worker_is_down_is_applied_when_it_comes_back(bootstrap, unique, tmp_path):
     """It commits where on control it stands (it commits the position it was assigned at
     too, should it stop before it read a message there: its own status report at start)."""

@@ -58,6 +58,24 @@ from worker.errors import CommandRejected, DuplicateIdError, RefusedInputError, 
 log = logging.getLogger(__name__)
 
 _REMEMBERED_COMMANDS = 100_000  # command ids kept for idempotency
+DECISION_ISSUER, DECISION_PREFIX = "worker", "auto-"  # the engine's own decisions (_decide)
+
+
+def is_own_decision(command: Command) -> bool:
+    """Whether ``command`` is a decision the engine took itself (and wrote to control).
+
+    Read back from control it is a record, not an order: the engine applied it when it
+    took it. One this engine has not applied was taken by an earlier run from a state it
+    was restored past (an at-least-once restart resumes from its last snapshot), about
+    models that, under these numbers, are not the ones it names; the restored engine
+    decides again instead.
+
+    >>> is_own_decision(Command(type="promote", command_id="auto-promote-v1-to-v2-at-9", issued_by="worker"))
+    True
+    >>> is_own_decision(Command(type="promote", command_id="auto-1", issued_by="alice"))
+    False
+    """
+    return command.issued_by == DECISION_ISSUER and command.command_id.startswith(DECISION_PREFIX)
 
 
 # The hot path keeps plain tuples (no per-event objects):
@@ -374,8 +392,8 @@ class Engine:
         target = to_version if to_version is not None else self._chal.version
         at = self.counts["labelled"]
         command = Command(
-            type=kind, command_id=f"auto-{kind}-v{self._champ.version}-to-v{target}-at-{at}",
-            issued_by="worker", reason=verdict.reason, expected_champion=self._champ.version,
+            type=kind, command_id=f"{DECISION_PREFIX}{kind}-v{self._champ.version}-to-v{target}-at-{at}",
+            issued_by=DECISION_ISSUER, reason=verdict.reason, expected_champion=self._champ.version,
             to_version=to_version, ts=self._ts,
         )
         self._decisions.append(command)

@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message, Producer
 
-from worker.core.engine import Engine
+from worker.core.engine import Engine, is_own_decision
 from worker.core.types import Command, Position, Prediction
 from worker.errors import BadInputError, ConfigError, InvalidCommandError, RefusedInputError
 from worker.io.codec import (
@@ -260,6 +260,10 @@ class Handler:
             why = "this worker requires signed commands" if self.require_signed else "another secret made it"
             log.warning("rejected control command %s: %s", decoded.command_id, reason)
             self.engine.reject(decoded, f"{reason}: {why}")
+            return
+        if is_own_decision(decoded) and not self.engine.has_applied(decoded.command_id):
+            log.info("skipped %s: a decision of an earlier run, from before the state this engine was "
+                     "restored from; it decides again", decoded.command_id)
             return
         if self.require_signed and not self.engine.has_applied(decoded.command_id):
             stale = stale_command(raw, self._logged_at(msg), self.command_max_age_s)
