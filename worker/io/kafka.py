@@ -222,28 +222,16 @@ def call_bounded(call: Callable[..., Any], *args: Any, grace_s: float = 5.0) -> 
     restart is enough. The call runs on a helper thread; if it is still blocked, the
     producer is lost to that thread and the caller must build a new one (``STUCK``).
     """
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append(("ok", call(*args)))
-        except BaseException as e:  # noqa: BLE001 - handed over to the calling thread
-            outcome.append(("error", e))
-
-    thread = threading.Thread(target=run, name=f"kafka-{call.__name__}", daemon=True)
-    thread.start()
+    background = InBackground(lambda: call(*args), f"kafka-{call.__name__}")
     limit = args[-1] + grace_s
     deadline = time.monotonic() + limit
-    thread.join(min(2.0, limit))
-    while thread.is_alive() and time.monotonic() < deadline:
+    background.wait(min(2.0, limit))
+    while not background.done() and time.monotonic() < deadline:
         log.warning("Kafka not answering (%s blocked): waiting for the broker", call.__name__)
-        thread.join(min(2.0, max(0.0, deadline - time.monotonic())))
-    if not outcome:
+        background.wait(min(2.0, max(0.0, deadline - time.monotonic())))
+    if not background.done():
         raise KafkaException(KafkaError(STUCK, f"{call.__name__} still blocked after {limit:g}s"))
-    kind, value = outcome[0]
-    if kind == "error":
-        raise value
-    return value
+    return background.result()
 
 
 class InBackground:
@@ -251,7 +239,8 @@ class InBackground:
 
     The run loop commits a transaction this way while it handles the next interval's
     input: librdkafka's transactional calls wait for the broker (a few milliseconds per
-    commit, ~8 % of the loop at full speed) with the GIL released."""
+    commit, ~8 % of the loop at full speed) with the GIL released; :func:`call_bounded`
+    stops waiting for a call that does not return."""
 
     def __init__(self, call: Callable[[], Any], name: str) -> None:
         self._outcome: list[tuple[bool, Any]] = []
@@ -266,6 +255,10 @@ class InBackground:
 
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    def wait(self, timeout_s: float) -> None:
+        """Wait at most ``timeout_s`` for the call to end (see :meth:`done`)."""
+        self._thread.join(timeout_s)
 
     def result(self, timeout_s: float | None = None) -> Any:
         """Wait for the call (at most ``timeout_s``: then TimeoutError) and return what it

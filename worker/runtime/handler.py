@@ -261,16 +261,17 @@ class Handler:
             log.warning("rejected control command %s: %s", decoded.command_id, reason)
             self.engine.reject(decoded, f"{reason}: {why}")
             return
-        if is_own_decision(decoded) and not self.engine.has_applied(decoded.command_id):
+        applied = self.engine.has_applied(decoded.command_id)  # then reading it again is a no-op
+        if not applied and is_own_decision(decoded):
             log.info("skipped %s: a decision of an earlier run, from before the state this engine was "
                      "restored from; it decides again", decoded.command_id)
             return
-        if self.require_signed and not self.engine.has_applied(decoded.command_id):
-            stale = stale_command(raw, self._logged_at(msg), self.command_max_age_s)
-            if stale is not None:
-                log.warning("rejected control command %s: %s", decoded.command_id, stale)
-                self.engine.reject(decoded, stale)
-                return
+        stale = None if applied or not self.require_signed else \
+            stale_command(raw, self._logged_at(msg), self.command_max_age_s)
+        if stale is not None:
+            log.warning("rejected control command %s: %s", decoded.command_id, stale)
+            self.engine.reject(decoded, stale)
+            return
         self.engine.apply(decoded)
 
     def _logged_at(self, msg: Message) -> float | None:
