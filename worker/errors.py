@@ -29,6 +29,16 @@ class Fenced(WorkerError):
     """A newer instance with the same ``transactional.id`` took over: stop (exit 1)."""
 
 
+class StoppedUncommitted(WorkerError):
+    """Told to stop while the broker was unreachable: the worker exits (1) without its
+    last commit rather than wait for a broker that may never come back. Nothing is lost:
+    the next start resumes from the last commit and processes that input again."""
+
+    def __init__(self, what: str = "the next start processes that input again") -> None:
+        super().__init__(f"stopped without committing the last interval: the broker is unreachable. "
+                         f"Nothing is lost: {what}")
+
+
 class BadInputError(WorkerError):
     """An input message that cannot be processed; it goes to the dead-letter topic."""
 

@@ -6,7 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.harness import OwnBroker
+from tests.integration.harness import OwnBroker, kill_leftover_workers
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers() -> Iterator[None]:
+    yield
+    kill_leftover_workers()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -157,7 +157,10 @@ def predicted_ids(bootstrap: str, prefix: str) -> list[str]:
 
 
 class WorkerProcess:
-    """`python -m worker run …` in its own process group, its log in a file."""
+    """`python -m worker run …` in its own process group, its log in a file. A test that
+    fails before it stops its workers leaves them to :func:`kill_leftover_workers`."""
+
+    started: ClassVar[list[WorkerProcess]] = []
 
     def __init__(self, bootstrap: str, prefix: str, log_path: Path, *args: str,
                  env: dict[str, str] | None = None) -> None:
@@ -169,6 +172,7 @@ class WorkerProcess:
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})}, start_new_session=True)
+        WorkerProcess.started.append(self)
 
     def log(self) -> str:
         """What this process logged (the file may hold earlier runs' lines too)."""
@@ -194,6 +198,16 @@ class WorkerProcess:
             return self.proc.wait(timeout_s)
         finally:
             self._log.close()
+
+
+def kill_leftover_workers() -> None:
+    """Kill (-9) every worker a test started and did not stop: a failed test must not
+    leave one running, retrying against a broker that is gone."""
+    for worker in WorkerProcess.started:
+        if worker.proc.poll() is None:
+            worker.kill()
+        worker._log.close()
+    WorkerProcess.started.clear()
 
 
 class OwnBroker:

@@ -49,12 +49,18 @@ def wait_for_predictions(bootstrap: str, prefix: str, n: int, timeout_s: float =
 
 
 def status(bootstrap: str, prefix: str) -> dict:
+    return status_answer(bootstrap, prefix)["detail"]
+
+
+def status_answer(bootstrap: str, prefix: str) -> dict:
+    """The worker's whole `status_report` (its ``offsets``: the last input offset it had
+    processed per partition when it answered)."""
     out = subprocess.run([sys.executable, "-m", "worker", "control", "status", "--bootstrap", bootstrap,
                           "--topic-prefix", prefix, "--secret", SECRET, "--wait", "60"],
                          capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stdout + out.stderr
     answers = [orjson.loads(line) for line in out.stdout.splitlines()]
-    return next(a for a in answers if a["type"] == "status_report")["detail"]
+    return next(a for a in answers if a["type"] == "status_report")
 
 
 def test_every_event_predicted_once_by_the_champion_of_the_moment(bootstrap, unique, tmp_path):

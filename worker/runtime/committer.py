@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker.core.engine import Engine
 from worker.core.observer import Observer
-from worker.errors import WorkerError
+from worker.errors import StoppedUncommitted, WorkerError
 from worker.io import kafka
 from worker.runtime.checkpoints import KafkaCheckpoints, LocalCheckpoints
 from worker.runtime.handler import Handler, HeldOutputs
@@ -45,7 +45,8 @@ class Committer:
     engine, handler and checkpoints are those of the current start (:meth:`attach`)."""
 
     def __init__(self, settings: RunSettings, observer: Observer, inputs: Inputs, instance: str,
-                 check_not_deleted: Callable[[], None], on_committed: Callable[[], None]) -> None:
+                 check_not_deleted: Callable[[], None], on_committed: Callable[[], None],
+                 give_up: Callable[[], bool]) -> None:
         self.settings = settings
         self.observer = observer
         self.inputs = inputs
@@ -53,6 +54,7 @@ class Committer:
         self.exactly_once = settings.kafka.guarantee == "exactly_once"
         self._check_not_deleted = check_not_deleted  # while commit_transaction retries
         self._on_committed = on_committed  # a commit went through: the broker is reachable
+        self._give_up = give_up  # stop waiting for the broker: told to stop while it is away
         self._producer: Any = None
         self._engine: Engine | None = None
         self._handler: Handler | None = None
@@ -165,8 +167,15 @@ class Committer:
         """On the helper thread: the consumed offsets, the commit, the next begin."""
         if positions:
             kafka.call_bounded(producer.send_offsets_to_transaction, positions, metadata, OFFSETS_TIMEOUT_S)
-        kafka.retrying(producer.commit_transaction, TXN_CALL_TIMEOUT_S, self._check_not_deleted)
+        kafka.retrying(producer.commit_transaction, TXN_CALL_TIMEOUT_S, self._before_retry)
         producer.begin_transaction()
+
+    def _before_retry(self) -> None:
+        """Between attempts of a commit the broker did not answer: stop waiting when told
+        to stop, or when a topic was deleted."""
+        if self._give_up():
+            raise StoppedUncommitted()
+        self._check_not_deleted()
 
     def settle(self, wait: bool = True) -> None:
         """Collect the commit on its way, when it is done or (``wait``) once it is: the
@@ -176,6 +185,11 @@ class Committer:
         in_flight = self._in_flight
         if in_flight is None or not (wait or in_flight.done()):
             return
+        while not in_flight.done():  # a commit waits for the broker as long as it is away …
+            if self._give_up():  # … unless the worker is to stop: leave it to its thread
+                self.abandon(wait_s=0)
+                raise StoppedUncommitted()
+            in_flight.wait(0.2)
         self._in_flight = None
         sys.setswitchinterval(self._switch_interval)
         held, self._handler.producer = self._handler.producer, self._producer
@@ -189,13 +203,13 @@ class Committer:
         if self._in_flight_span is not None:
             self.observer.observe_transaction(self._last_commit - self._in_flight_span)
 
-    def abandon(self) -> None:
+    def abandon(self, wait_s: float = TXN_CALL_TIMEOUT_S) -> None:
         """On close: wait for a commit on its way (an error stopped the loop meanwhile),
-        whatever its outcome."""
+        at most ``wait_s``, whatever its outcome."""
         if self._in_flight is None:
             return
         try:
-            self._in_flight.result(TXN_CALL_TIMEOUT_S)
+            self._in_flight.result(wait_s)
         except (KafkaException, WorkerError, TimeoutError) as e:
             log.debug("commit on close: %s", e)
         self._in_flight = None

@@ -36,7 +36,14 @@ from worker.core.metrics import predict_from_proba
 from worker.core.observer import Observer
 from worker.core.split import serves_challenger
 from worker.core.types import Event, Prediction
-from worker.errors import BadInputError, ConfigError, Fenced, SignatureError, SnapshotError, WorkerError
+from worker.errors import (
+    BadInputError,
+    ConfigError,
+    Fenced,
+    SignatureError,
+    SnapshotError,
+    StoppedUncommitted,
+)
 from worker.io import kafka
 from worker.io.codec import decode_event
 from worker.io.lifecycle import Signed, latest_lifecycle, lifecycle_of, newer
@@ -221,6 +228,7 @@ class Scorer:
         self._batch_bytes: int | None = None
         self._producer: Any = None
         self._consumer: Any = None
+        self._gave_up = False  # stopped while the broker was away: no commit, no flush on close
 
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (commit, leave the group, exit) or a fatal error."""
@@ -345,17 +353,30 @@ class Scorer:
 
     def _commit(self) -> None:
         """Commit the open transaction with the consumed offsets, and open the next."""
-        if not self._handled or self._consumer is None:
+        if not self._handled or self._consumer is None or self._gave_up:
             return
         positions = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
         try:
             kafka.call_bounded(self._producer.send_offsets_to_transaction, positions,
                                self._consumer.consumer_group_metadata(), OFFSETS_TIMEOUT_S)
-            kafka.retrying(self._producer.commit_transaction, TXN_CALL_TIMEOUT_S, self._check_not_deleted)
+            kafka.retrying(self._producer.commit_transaction, TXN_CALL_TIMEOUT_S, self._before_retry)
         except KafkaException as e:
             self._recover(e.args[0])
         self._handled = 0
         self._producer.begin_transaction()
+
+    def _before_retry(self) -> None:
+        """Between attempts of a commit the broker did not answer: stop waiting when told
+        to stop (a supervisor would kill us meanwhile), or when a topic was deleted."""
+        if self.stopping:
+            self._give_up()
+        self._check_not_deleted()
+
+    def _give_up(self) -> None:
+        """Stop without the last commit; closing then waits for nothing either."""
+        self._gave_up = True
+        raise StoppedUncommitted("what was served since the last commit is served again by the scorer "
+                                 "that takes these partitions")
 
     def _check_not_deleted(self) -> None:
         written_or_read = [self.topics.events, self.topics.predictions, self.topics.dlq]
@@ -377,8 +398,7 @@ class Scorer:
                 self._raise_if_fenced(e.args[0])
                 log.warning("recovery failed (%s): waiting for the broker, retrying", e.args[0].str())
                 time.sleep(RETRY_S)
-        raise WorkerError("stopped while waiting for the broker: what was served since the last commit "
-                          "is served again by the scorer that takes these partitions")
+        self._give_up()
 
     def _raise_if_fenced(self, error: Any) -> None:
         if error.code() in kafka.FENCED:
@@ -422,6 +442,6 @@ class Scorer:
             self._consumer.close()
         self.feed.close()
         try:
-            self._producer.flush(10)
+            self._producer.flush(0 if self._gave_up else 10)
         except KafkaException as e:
             log.debug("producer flush on close: %s", e.args[0].str())

@@ -29,7 +29,7 @@ from confluent_kafka import KafkaError, KafkaException
 from worker.core.config import EngineConfig
 from worker.core.engine import Engine
 from worker.core.observer import Observer
-from worker.errors import Fenced, WorkerError
+from worker.errors import Fenced, StoppedUncommitted, WorkerError
 from worker.io import kafka
 from worker.runtime import startup
 from worker.runtime.checkpoints import KafkaCheckpoints
@@ -111,6 +111,8 @@ class Worker:
                     self._committer.settle()
                 except KafkaException as e:
                     self._on_kafka_error(e.args[0], failed_commit=isinstance(e, CommitFailed))
+            if self._give_up():
+                raise StoppedUncommitted()
             if self.ready:
                 self._commit(force_snapshot=True, wait=True)  # a restart then has nothing to replay
         finally:
@@ -123,7 +125,7 @@ class Worker:
         self._inputs = Inputs(self._consumer, self._control_consumer, self.topics)
         self._recovery = Recovery(self.settings, self.engine_config, limits, self._inputs)
         self._committer = Committer(self.settings, self.observer, self._inputs, self.instance,
-                                    self._check_not_deleted, self._on_commit)
+                                    self._check_not_deleted, self._on_commit, self._give_up)
 
     def _start(self) -> None:
         """(Re)build the producer, recover the engine and position the consumer."""
@@ -174,8 +176,8 @@ class Worker:
         if self._committer is not None:  # an error stopped the loop while a commit was on its way
             self._committer.abandon()
         try:
-            if self._producer is not None:
-                self._producer.flush(10)
+            if self._producer is not None:  # nothing to wait for when the broker is away
+                self._producer.flush(0 if self._give_up() else 10)
         except KafkaException as e:  # a fenced producer cannot flush; nothing is lost by it
             log.debug("producer flush on close: %s", e.args[0].str())
         for consumer in (self._consumer, self._control_consumer):
@@ -271,6 +273,11 @@ class Worker:
         worker back to the last snapshot."""
         if not self._committer.commit(force_snapshot=force_snapshot, wait=wait):
             self._restart()
+
+    def _give_up(self) -> bool:
+        """Told to stop while the broker is away: exit without the last commit rather than
+        wait for a broker that may not come back (a supervisor would kill us meanwhile)."""
+        return self.stopping and self.broker_unreachable
 
     def _on_commit(self) -> None:
         """A commit went through: the broker is reachable again."""
