@@ -792,19 +792,24 @@ def test_startup_errors_exit_2_with_one_clear_line(bootstrap, unique, tmp_path):
     for broken, config, partitions, problem in (
         ("control", {}, 2, "the control topic must have exactly 1"),
         ("worker_state", {"cleanup.policy": "delete"}, 1, "it must be compacted"),
+        ("worker_state", {}, 3, "the worker-state topic must have exactly 1"),  # read from partition 0
+        ("models", {}, 2, "the models topic must have exactly 1"),
     ):
-        prefix = unique(f"shape-{broken.replace('_', '-')}") + "."
+        prefix = unique(f"shape-{broken.replace('_', '-')}-{partitions}") + "."
         names = TopicNames.from_prefix(prefix)
         specs = {s.name: s for s in topic_specs(names, 1)}
         name = getattr(names, broken)
-        specs[name] = type(specs[name])(name, partitions, config)
+        specs[name] = type(specs[name])(name, partitions, {**specs[name].config, **config})
         for future in admin.create_topics([NewTopic(s.name, s.partitions, 1, config=s.config)
                                            for s in specs.values()]).values():
             future.result(timeout=30)
-        code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", prefix)
-        line = the_one_error_line(stderr)
-        assert code == 2 and elapsed < STARTUP_ERROR_S, (elapsed, stderr)
-        assert problem in line and name in line, line
+        # a scorer reads control and models too
+        for role in ("all", "scorer") if broken in ("control", "models") else ("all",):
+            code, stderr, elapsed = run_briefly("--bootstrap", bootstrap, "--topic-prefix", prefix,
+                                                "--role", role)
+            line = the_one_error_line(stderr)
+            assert code == 2 and elapsed < STARTUP_ERROR_S, (role, elapsed, stderr)
+            assert problem in line and name in line, (role, line)
 
     # the operator's side: `worker control` to a deployment without its control topic
     code, lines, stderr = control(bootstrap, unique("none") + ".", "status", wait_s=5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +70,9 @@ def create_topics(
     """Create every topic of §2 that does not exist yet; returns {name: "created" | "exists"}.
 
     Idempotent. ``replication_factor=-1`` takes the broker's ``default.replication.factor``.
-    A topic that already exists is left as it is, but an existing control topic with more
-    than one partition, or a models / worker-state topic that is not compacted, is refused.
+    A topic that already exists is left as it is, but an existing control, models or
+    worker-state topic with more than one partition, or a models / worker-state topic that
+    is not compacted, is refused.
     """
     specs = topic_specs(names, partitions)
     admin = _admin(admin_config)
@@ -99,7 +101,7 @@ def create_topics(
             raise ConfigError(f"creating topic '{spec.name}' did not finish in {timeout_s:g}s") from None
     existing = [s for s in specs if result[s.name] == "exists"]
     if existing:
-        _check_existing(admin, admin_config, existing, names.control, timeout_s)
+        _check_existing(admin, admin_config, existing, names, timeout_s)
     _await_metadata(admin, admin_config, [s.name for s in specs], timeout_s)
     return result
 
@@ -161,14 +163,15 @@ def create_command(topic: str) -> str:
     return "worker topics create"
 
 
-def check_shapes(admin_config: dict[str, Any], names: TopicNames, timeout_s: float = 10) -> None:
-    """Refuse a control topic with more than one partition, or a models / worker-state
-    topic that is not compacted (:class:`ConfigError`): topics made by hand, not by
+def check_shapes(admin_config: dict[str, Any], names: TopicNames, timeout_s: float = 10,
+                 only: Collection[str] | None = None) -> None:
+    """Refuse a control, models or worker-state topic with more than one partition, or a
+    models / worker-state topic that is not compacted (:class:`ConfigError`): topics made by hand, not by
     `worker topics create`, are checked at `worker run`'s start the same way. A
     worker-state with time retention would lose the snapshot a restart needs."""
-    shaped = (names.control, names.models, names.worker_state)
+    shaped = (names.control, names.models, names.worker_state) if only is None else only
     specs = [s for s in topic_specs(names, 1) if s.name in shaped]
-    _check_existing(_admin(admin_config), admin_config, specs, names.control, timeout_s)
+    _check_existing(_admin(admin_config), admin_config, specs, names, timeout_s)
 
 
 def message_limits(admin_config: dict[str, Any], topics: list[str], timeout_s: float = 10) -> dict[str, int]:
@@ -213,18 +216,32 @@ def _metadata(admin: AdminClient, admin_config: dict[str, Any], timeout_s: float
         ) from None
 
 
+# Why a topic must have exactly one partition: each is read as one ordered log.
+ONE_PARTITION_WHY = {
+    "control": "one total order of commands and decisions",
+    "models": "one ordered log of the published models, read from partition 0",
+    "worker-state": "one ordered log of snapshots and progress records, read from partition 0",
+}
+
+
 def _check_existing(
-    admin: AdminClient, admin_config: dict[str, Any], specs: list[TopicSpec], control: str, timeout_s: float
+    admin: AdminClient, admin_config: dict[str, Any], specs: list[TopicSpec], names: TopicNames,
+    timeout_s: float,
 ) -> None:
-    """Refuse existing topics whose shape breaks a guarantee (one ordered control log,
-    compacted state logs); other differences (e.g. partition counts) are left alone."""
-    if any(s.name == control for s in specs):
-        topic = _metadata(admin, admin_config, timeout_s).topics.get(control)
-        if topic is not None and len(topic.partitions) != 1:
-            raise ConfigError(
-                f"topic '{control}' exists with {len(topic.partitions)} partitions; "
-                "the control topic must have exactly 1 (one total order)"
-            )
+    """Refuse existing topics whose shape breaks a guarantee (one partition for control,
+    models and worker-state, compacted state logs); other differences (e.g. the inputs'
+    partition counts) are left alone."""
+    single = {names.control: "control", names.models: "models", names.worker_state: "worker-state"}
+    ordered = [s.name for s in specs if s.name in single]
+    if ordered:
+        topics = _metadata(admin, admin_config, timeout_s).topics
+        for name in ordered:
+            topic = topics.get(name)
+            if topic is not None and len(topic.partitions) != 1:
+                raise ConfigError(
+                    f"topic '{name}' exists with {len(topic.partitions)} partitions; the {single[name]} "
+                    f"topic must have exactly 1 ({ONE_PARTITION_WHY[single[name]]})"
+                )
     compacted = [s for s in specs if s.config.get("cleanup.policy") == "compact"]
     if not compacted:
         return

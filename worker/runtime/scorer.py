@@ -48,7 +48,13 @@ from worker.io import kafka
 from worker.io.codec import decode_event
 from worker.io.lifecycle import Signed, latest_lifecycle, lifecycle_of, newer
 from worker.io.models import Catalog, read_catalog, read_models
-from worker.io.topics import DEFAULT_MESSAGE_BYTES, check_not_deleted, message_limits, require_topics
+from worker.io.topics import (
+    DEFAULT_MESSAGE_BYTES,
+    check_not_deleted,
+    check_shapes,
+    message_limits,
+    require_topics,
+)
 from worker.runtime.handler import DeadLetters, batch_bytes, produce_prediction
 from worker.runtime.process import install_stop_signals, version_label
 from worker.runtime.run_settings import OFFSETS_TIMEOUT_S, PARTITIONS_CHECK_S, TXN_CALL_TIMEOUT_S, RunSettings
@@ -303,6 +309,7 @@ class Scorer:
         needed = [names.events, names.predictions, names.control, names.models, names.dlq]
         admin = self.settings.kafka.admin_config()
         require_topics(admin, needed)
+        check_shapes(admin, names, only=(names.control, names.models))  # the ordered logs it reads
         limits = message_limits(admin, [names.predictions, names.dlq])
         self._prediction_bytes, self.dead_letters.max_bytes = limits[names.predictions], limits[names.dlq]
         self._batch_bytes = batch_bytes(limits)
