@@ -223,10 +223,9 @@ def _run_log_level(config_path: str | None) -> str:
 def run_settings(config_path: str | None, flags: dict, kafka_config: tuple[str, ...]):
     """TOML [run] table, overridden by the flags, → a frozen RunSettings."""
     from worker.runtime.run_settings import RunSettings
-    from worker.settings import KafkaSettings, check_keys, parse_kafka_config
+    from worker.settings import KafkaSettings, parse_kafka_config
 
-    values = dict(load_document(config_path).get("run", {}))
-    check_keys(values, RUN_KEYS, "[run]")
+    values = run_table(config_path)
     values.pop("log_level", None)  # read by run_command, before anything logs
     values.update({k: v for k, v in flags.items() if v is not None})
     values.setdefault("scorer_id", socket.gethostname())
@@ -251,19 +250,54 @@ def run_settings(config_path: str | None, flags: dict, kafka_config: tuple[str, 
 
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+CONFIG_OPTION = click.option(
+    "--config", "config_path", envvar="WORKER_CONFIG", type=click.Path(dir_okay=False),
+    help="The deployment's TOML file: the bootstrap, topic_prefix, kafka settings (and secret) of its "
+         "[run] table apply unless given as flags.")
+KAFKA_CONFIG_OPTION = click.option(
+    "--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True, metavar="KEY=VALUE",
+    help="librdkafka setting passed through (SASL, TLS …); repeatable. In the env: space-separated.")
 CONNECTION_OPTIONS = [  # a client of a deployment's topics: control, models, topics create, simulate
-    click.option("--bootstrap", envvar="WORKER_BOOTSTRAP", default=DEFAULT_BOOTSTRAP, show_default=True,
-                 help="Kafka bootstrap servers, host:port[,host:port…]."),
-    click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default="",
+    CONFIG_OPTION,
+    click.option("--bootstrap", envvar="WORKER_BOOTSTRAP",
+                 help=f"Kafka bootstrap servers, host:port[,host:port…]  [default: {DEFAULT_BOOTSTRAP}]"),
+    click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX",
                  help="Prepended verbatim to every topic name (e.g. 'shop.' → shop.events)."),
-    click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
-                 metavar="KEY=VALUE", help="librdkafka setting passed through (SASL, TLS …); repeatable. "
-                                           "In the env: space-separated."),
+    KAFKA_CONFIG_OPTION,
 ]
 
 
 def connection_options(command):
     return _with(CONNECTION_OPTIONS, command)
+
+
+def connection(config_path: str | None, bootstrap: str | None, topic_prefix: str | None,
+               kafka_config: tuple[str, ...], group: str):
+    """The deployment's Kafka settings for a client command: flags (and WORKER_* variables)
+    win over the [run] table of ``--config``, the same file `worker run` reads, so an
+    operator's tools need no copy of its SASL/TLS settings."""
+    from worker.settings import KafkaSettings, parse_kafka_config
+
+    run = run_table(config_path)
+    return KafkaSettings(
+        bootstrap=bootstrap or run.get("bootstrap", DEFAULT_BOOTSTRAP), group=group,
+        topic_prefix=topic_prefix if topic_prefix is not None else run.get("topic_prefix", ""),
+        extra={**run.get("kafka", {}), **parse_kafka_config(kafka_config)},
+    )
+
+
+def run_table(config_path: str | None) -> dict:
+    """The [run] table of the TOML file, its keys checked ({} without a file)."""
+    from worker.settings import check_keys
+
+    values = dict(load_document(config_path).get("run", {}))
+    check_keys(values, RUN_KEYS, "[run]")
+    return values
+
+
+def file_secret(config_path: str | None, secret: str | None) -> str | None:
+    """``--secret``, else the [run] table's."""
+    return secret or run_table(config_path).get("secret")
 
 
 def control_options(command):
@@ -289,17 +323,16 @@ def control_group() -> None:
     """Send a command on the control topic and print the worker's answer (exit 1 if rejected)."""
 
 
-def _send(kind: str, bootstrap, topic_prefix, secret, expected_champion, reason, issued_by, wait_s,
-          command_id, kafka_config, **fields) -> None:
+def _send(kind: str, config_path, bootstrap, topic_prefix, secret, expected_champion, reason, issued_by,
+          wait_s, command_id, kafka_config, **fields) -> None:
     import time
     import uuid
 
     from worker.core.types import Command
     from worker.io.control import send_and_wait
-    from worker.settings import KafkaSettings, parse_kafka_config
 
-    settings = KafkaSettings(bootstrap=bootstrap, group="worker-control", topic_prefix=topic_prefix,
-                             extra=parse_kafka_config(kafka_config))
+    settings = connection(config_path, bootstrap, topic_prefix, kafka_config, "worker-control")
+    secret = file_secret(config_path, secret)
     command = Command(type=kind, command_id=command_id or str(uuid.uuid4()), issued_by=issued_by,
                       reason=reason, expected_champion=expected_champion, ts=time.time(), **fields)
     answers = send_and_wait(settings.admin_config(), settings.topics.control, command,
@@ -308,7 +341,7 @@ def _send(kind: str, bootstrap, topic_prefix, secret, expected_champion, reason,
         note = ("the command stays on control and is applied when the worker reads it; to send it again, "
                 f"not twice: --command-id {command.command_id}")
         error = (f"no answer within {wait_s:g}s: is a worker running on {settings.topics.control} "
-                 f"at {bootstrap}?")
+                 f"at {settings.bootstrap}?")
         click.echo(json.dumps({"command_id": command.command_id, "error": error, "note": note}))
         sys.exit(1)
     for answer in answers:
@@ -394,19 +427,12 @@ def topics_group() -> None:
     show_default=True,
     help="Replicas per partition; -1 = the broker's default.replication.factor.",
 )
-def topics_create(
-    bootstrap: str, topic_prefix: str, partitions: int, replication_factor: int, kafka_config: tuple[str, ...]
-) -> None:
+def topics_create(config_path: str | None, bootstrap: str | None, topic_prefix: str | None, partitions: int,
+                  replication_factor: int, kafka_config: tuple[str, ...]) -> None:
     """Create every topic of the worker (idempotent: existing topics are reported as such)."""
     from worker.io.topics import create_topics
-    from worker.settings import KafkaSettings, parse_kafka_config
 
-    settings = KafkaSettings(
-        bootstrap=bootstrap,
-        group="worker",  # unused by the admin client; KafkaSettings needs one
-        topic_prefix=topic_prefix,
-        extra=parse_kafka_config(kafka_config),
-    )
+    settings = connection(config_path, bootstrap, topic_prefix, kafka_config, "worker")  # group unused
     result = create_topics(
         settings.admin_config(), settings.topics, partitions, replication_factor=replication_factor
     )
@@ -417,13 +443,11 @@ def topics_create(
 # ---------------------------------------------------------------------------- worker models
 
 
-def _read_models(bootstrap: str, topic_prefix: str, kafka_config: tuple[str, ...], *, chunks_of=None):
+def _read_models(config_path, bootstrap, topic_prefix, kafka_config, *, chunks_of=None):
     from worker.io.models import read_models
     from worker.io.topics import require_topics
-    from worker.settings import KafkaSettings, parse_kafka_config
 
-    settings = KafkaSettings(bootstrap=bootstrap, group="worker-models-cli", topic_prefix=topic_prefix,
-                             extra=parse_kafka_config(kafka_config))
+    settings = connection(config_path, bootstrap, topic_prefix, kafka_config, "worker-models-cli")
     topic = settings.topics.models
     require_topics(settings.admin_config(), [topic])
     return read_models({**settings.admin_config(), "group.id": "worker-models-cli"}, topic,
@@ -437,28 +461,33 @@ def models_group() -> None:
 
 @models_group.command("list")
 @connection_options
-def models_list(bootstrap, topic_prefix, kafka_config) -> None:
+def models_list(config_path, bootstrap, topic_prefix, kafka_config) -> None:
     """Print the lineage of every version on the topic (the worker prunes all but the
     last --models-retain), one JSON object per line."""
-    for manifest in _read_models(bootstrap, topic_prefix, kafka_config, chunks_of=()).manifests():
+    catalog = _read_models(config_path, bootstrap, topic_prefix, kafka_config, chunks_of=())
+    for manifest in catalog.manifests():
         click.echo(json.dumps(manifest))
 
 
 @models_group.command("export")
 @connection_options
 @click.argument("version", type=click.IntRange(min=1))
-@click.option("--secret", envvar="WORKER_SECRET", required=True,
-              help="The worker's secret: the model's signature is checked before it is unpickled.")
+@click.option("--secret", envvar="WORKER_SECRET",
+              help="The worker's secret (required, here or in --config): the model's signature is checked "
+                   "before it is unpickled.")
 @click.option("--previous-secret", "previous_secrets", envvar="WORKER_PREVIOUS_SECRETS", multiple=True,
               help="A secret before a rotation (models it signed are accepted); repeatable.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Write the river model here as a plain pickle (`pickle.load` gives it back).")
-def models_export(bootstrap, topic_prefix, kafka_config, version: int, secret: str,
+def models_export(config_path, bootstrap, topic_prefix, kafka_config, version: int, secret: str | None,
                   previous_secrets: tuple[str, ...], out: Path) -> None:
     """Write VERSION's river model to a pickle file; exit 1 if it is not published."""
     import pickle
 
-    catalog = _read_models(bootstrap, topic_prefix, kafka_config, chunks_of=(version,))
+    secret = file_secret(config_path, secret)
+    if not secret:
+        raise click.UsageError("give the worker's --secret (or a --config file whose [run] table has it)")
+    catalog = _read_models(config_path, bootstrap, topic_prefix, kafka_config, chunks_of=(version,))
     model = catalog.load(version, [s.encode() for s in (secret, *previous_secrets)])
     out.write_bytes(pickle.dumps(model, protocol=5))
     click.echo(json.dumps({"version": version, "model": repr(model), "out": str(out)}))
@@ -503,9 +532,9 @@ def models_export(bootstrap, topic_prefix, kafka_config, version: int, secret: s
               help="--labels topic: send an event's label after N more events.")
 @click.option("--id-prefix", help="Event ids are PREFIX<index> [evt-<random>-].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, target, positive, id_column,
-                     drop, events, concepts, drift_at, drift_every, drift_width, noise, seed, entities, rate,
-                     labels_mode, label_delay, id_prefix, progress) -> None:
+def simulate_command(config_path, bootstrap, topic_prefix, kafka_config, generator, file, target, positive,
+                     id_column, drop, events, concepts, drift_at, drift_every, drift_width, noise, seed,
+                     entities, rate, labels_mode, label_delay, id_prefix, progress) -> None:
     """Produce a drifting event stream (and its labels) to Kafka; prints what was sent as JSON.
 
     Ctrl-C (or SIGTERM) stops cleanly: what was handed to the producer is flushed and
@@ -517,10 +546,8 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
     from worker.io import simulate as sim
     from worker.io.files import count_lines, is_csv
     from worker.io.topics import require_topics
-    from worker.settings import KafkaSettings, parse_kafka_config
 
-    settings = KafkaSettings(bootstrap=bootstrap, group="worker-simulate", topic_prefix=topic_prefix,
-                             extra=parse_kafka_config(kafka_config))
+    settings = connection(config_path, bootstrap, topic_prefix, kafka_config, "worker-simulate")
     topics = settings.topics
     prefix = sim.check_id_prefix(id_prefix if id_prefix is not None else f"evt-{uuid.uuid4().hex[:6]}-")
     notes: list[str] = []  # what the file reader has to say once it has read the file
@@ -584,10 +611,9 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--bootstrap", envvar="WORKER_BOOTSTRAP",
               help="Read the control topic of this cluster (when no RUN_DIR is given).")
-@click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", default="", show_default=True,
-              help="Prefix of the deployment's topic names.")
-@click.option("--kafka-config", "kafka_config", envvar="WORKER_KAFKA_CONFIG", multiple=True,
-              metavar="KEY=VALUE", help="librdkafka setting passed through (SASL, TLS …); repeatable.")
+@click.option("--topic-prefix", envvar="WORKER_TOPIC_PREFIX", help="Prefix of the deployment's topic names.")
+@KAFKA_CONFIG_OPTION
+@CONFIG_OPTION
 @click.option("--ask-status/--no-ask-status", default=True, show_default=True,
               help="Kafka: send a `status` command first, so the report ends with the current state.")
 @click.option("--secret", envvar="WORKER_SECRET", help="Kafka: sign that status command with this secret.")
@@ -598,8 +624,8 @@ def simulate_command(bootstrap, topic_prefix, kafka_config, generator, file, tar
 @click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path),
               help="The PNG of the accuracy chart [--out with .png].")
 @click.option("--title", default="worker report", show_default=True)
-def report_command(run_dir, bootstrap, topic_prefix, kafka_config, ask_status, secret, wait_s, out, png,
-                   title) -> None:
+def report_command(run_dir, bootstrap, topic_prefix, kafka_config, config_path, ask_status, secret, wait_s,
+                   out, png, title) -> None:
     """Write an HTML page (and a PNG) of both models' metrics over time, with drift
     alarms, promotions and rollbacks, and the versions' lineage.
 
@@ -612,16 +638,15 @@ def report_command(run_dir, bootstrap, topic_prefix, kafka_config, ask_status, s
 
     if run_dir is not None:
         data = report.load_replay(run_dir)
-    elif bootstrap:
+    elif bootstrap or config_path:
         import time
         import uuid
 
         from worker.core.types import Command
         from worker.io.control import send_and_wait
-        from worker.settings import KafkaSettings, parse_kafka_config
 
-        settings = KafkaSettings(bootstrap=bootstrap, group="worker-report", topic_prefix=topic_prefix,
-                                 extra=parse_kafka_config(kafka_config))
+        settings = connection(config_path, bootstrap, topic_prefix, kafka_config, "worker-report")
+        secret = file_secret(config_path, secret)
         control = settings.topics.control
         if ask_status:
             command = Command(type="status", command_id=str(uuid.uuid4()), issued_by="worker-report",
@@ -635,7 +660,7 @@ def report_command(run_dir, bootstrap, topic_prefix, kafka_config, ask_status, s
                 click.echo(f"report: the status command was rejected ({answer[-1]['detail'].get('reason')}); "
                            "using what is on the control topic", err=True)
         data = report.load_control(report.read_control(settings.admin_config(), control),
-                                   source=f"control topic {control} at {bootstrap}")
+                                   source=f"control topic {control} at {settings.bootstrap}")
     else:
         raise click.UsageError("give a `worker replay --out` folder, or --bootstrap to read the control "
                                "topic")

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.harness import free_port, json_values, read_all, wait_until
+from tests.integration.harness import SECRET, WorkerProcess, free_port, json_values, read_all, wait_until
 from worker.io.control import MIN_CONNECT_S, PROBE_S
 from worker.io.topics import CONNECT_TIMEOUT_S
 
@@ -142,3 +142,28 @@ def test_a_broker_lost_during_the_wait_exits_2_after_the_wait(own_broker, unique
     assert f"the command {command_id} is on {control_topic}" in line, line
     assert f"--command-id {command_id}" in line, line
     assert wait_s <= elapsed < wait_s + PROBE_S + SLACK_S, f"took {elapsed:.1f}s: {line}"
+
+
+def test_operator_tools_read_the_deployments_config_file(bootstrap, unique, tmp_path):
+    """One TOML file for the deployment: `worker topics create` and `worker control` take
+    its [run] bootstrap, topic_prefix and secret (a worker that requires signed commands
+    answers); a flag wins over the file."""
+    prefix = unique("cfg") + "."
+    config = tmp_path / "worker.toml"
+    config.write_text(f'[run]\nbootstrap = "{bootstrap}"\ntopic_prefix = "{prefix}"\nsecret = "{SECRET}"\n')
+    worker_cli = [sys.executable, "-m", "worker"]
+    out = subprocess.run([*worker_cli, "topics", "create", "--config", str(config), "--partitions", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and f"created  {prefix}control" in out.stdout, out.stdout + out.stderr
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", "--require-signed-commands")
+    try:
+        worker.wait_ready()
+        out = subprocess.run([*worker_cli, "control", "status", "--config", str(config), "--wait", "30"],
+                             capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "status_report" in [orjson.loads(line)["type"] for line in out.stdout.splitlines()], out.stdout
+        out = subprocess.run([*worker_cli, "control", "status", "--config", str(config), "--wait", "3",
+                              "--topic-prefix", "elsewhere."], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and "elsewhere.control" in one_line(out.stderr), out.stderr
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]

@@ -81,7 +81,7 @@ def test_metrics_endpoint(bootstrap, unique, tmp_path):
                    60, "700 events counted")
         samples = scrape(base)
         assert value(samples, "worker_model_version", role="challenger") == 2
-        assert value(samples, "worker_labelled_events") == 700
+        assert value(samples, "worker_labelled_events_total") == 700
         wait_until(lambda: value(scrape(base), "worker_checkpoint_duration_seconds_count") >= 1,
                    30, "a snapshot to be timed")
 
@@ -132,6 +132,6 @@ def test_input_replayed_after_a_crash_is_not_counted_again(bootstrap, unique, tm
         produce(bootstrap, f"{prefix}events", (event(i) for i in range(300, 310)))
         wait_until(lambda: value(scrape(base), "worker_events_total", served_by="champion") == 10,
                    60, "the 10 new events counted")
-        assert value(scrape(base), "worker_labelled_events") == 310  # the engine did replay them
+        assert value(scrape(base), "worker_labelled_events_total") == 310  # the engine did replay them
     finally:
         assert second.stop() == 0, second.log()[-3000:]

@@ -99,7 +99,7 @@ def test_a_trainer_and_two_scorers_serve_each_event_once_and_follow_promotions(b
         served = [float(line.split()[-1]) for port in ports for line in http(port, "/metrics")[1].splitlines()
                   if line.startswith('worker_events_total{served_by="champion"}')]
         assert len(served) == 2 and sum(served) == 1000, served  # shared between them, each event once
-        wait_until(lambda: "worker_scored_events 1000.0" in http(trainer_port, "/metrics")[1], 60,
+        wait_until(lambda: "worker_scored_events_total 1000.0" in http(trainer_port, "/metrics")[1], 60,
                    "the trainer to score the 1000 events")  # but it served none of them
         assert 'worker_events_total{served_by="champion"} 0.0' in http(trainer_port, "/metrics")[1]
 

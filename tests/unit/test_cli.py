@@ -46,3 +46,28 @@ def test_who_issued_a_command_comes_from_worker_issued_by_first():
         with CliRunner(env={**env, **extra}).isolation():
             context = command.make_context("pause", [])  # parses the options, sends nothing
         assert context.params["issued_by"] == expected
+
+
+def test_client_commands_take_the_deployments_file_and_flags_win(tmp_path):
+    """`worker control|topics|models|simulate|report --config worker.toml`: the [run]
+    table's connection (and secret) apply unless a flag says otherwise."""
+    import pytest
+
+    from worker.cli import connection, file_secret
+    from worker.errors import ConfigError
+
+    config = tmp_path / "worker.toml"
+    config.write_text('[run]\nbootstrap = "kafka-1:9093"\ntopic_prefix = "shop."\nsecret = "s3cret"\n'
+                      '[run.kafka]\n"security.protocol" = "SASL_SSL"\n')
+    from_file = connection(str(config), None, None, (), "g")
+    assert (from_file.bootstrap, from_file.topics.control) == ("kafka-1:9093", "shop.control")
+    assert from_file.admin_config()["security.protocol"] == "SASL_SSL"
+    assert file_secret(str(config), None) == "s3cret"
+    flags = connection(str(config), "kafka-2:9092", "", ("security.protocol=SSL",), "g")
+    assert (flags.bootstrap, flags.topics.control) == ("kafka-2:9092", "control")
+    assert flags.admin_config()["security.protocol"] == "SSL"
+    assert file_secret(str(config), "other") == "other"
+    assert connection(None, None, None, (), "g").bootstrap == "127.0.0.1:9092"
+    config.write_text('[run]\nbootstap = "typo:9092"\n')
+    with pytest.raises(ConfigError, match="bootstap"):
+        connection(str(config), None, None, (), "g")

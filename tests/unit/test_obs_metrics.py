@@ -70,8 +70,8 @@ def test_counters_move_with_events(setup):
     assert value(after, "worker_labels_joined_total", delayed="true") == 5
     assert value(after, "worker_bad_input_total") == 1
     assert value(after, "worker_pending_predictions") == 5
-    assert value(after, "worker_scored_events") == 40
-    assert value(after, "worker_labelled_events") == 35
+    assert value(after, "worker_scored_events_total") == 40
+    assert value(after, "worker_labelled_events_total") == 35
     assert value(after, "worker_learning") == 1
     assert value(after, "worker_model_version", role="champion") == 1
     assert value(after, "worker_model_version", role="challenger") is None  # still warming up
@@ -173,7 +173,7 @@ def test_a_trainer_counts_no_event_as_served():
         worker.engine.process(event(i))
     samples = scrape(observer)
     assert value(samples, "worker_events_total", served_by="champion") == 0
-    assert value(samples, "worker_scored_events") == 30
+    assert value(samples, "worker_scored_events_total") == 30
 
 
 def test_observers_do_not_share_a_registry():

@@ -251,13 +251,16 @@ def _engine_gauges(s: dict) -> Iterator[GaugeMetricFamily]:
                     family.add_metric([arm, view], report[view][m])
         yield from arms.values()
     counts, pending = s["counts"], s["pending"]
+    # counters: they only go up while the engine's state lives (a restart restores them)
     kept = "since the engine's state began (kept across restarts)"
-    yield _gauge("worker_scored_events", f"Events scored {kept}.", counts["events"])
-    yield _gauge("worker_labelled_events", f"Labelled events learnt from {kept}.", counts["labelled"])
-    yield _gauge("worker_refused_events", f"Inputs refused {kept}.", counts["bad"])
-    yield _gauge("worker_learn_errors", f"Times a model could not learn an event {kept}.",
-                 counts["learn_errors"])
-    yield _gauge("worker_challenger_resets", f"Challengers replaced {kept}.", counts["resets"])
+    yield CounterMetricFamily("worker_scored_events", f"Events scored {kept}.", value=counts["events"])
+    yield CounterMetricFamily("worker_labelled_events", f"Labelled events learnt from {kept}.",
+                              value=counts["labelled"])
+    yield CounterMetricFamily("worker_refused_events", f"Inputs refused {kept}.", value=counts["bad"])
+    yield CounterMetricFamily("worker_learn_errors", f"Times a model could not learn an event {kept}.",
+                              value=counts["learn_errors"])
+    yield CounterMetricFamily("worker_challenger_resets", f"Challengers replaced {kept}.",
+                              value=counts["resets"])
     yield _gauge("worker_pending_predictions", "Predictions waiting for their label.", pending["predictions"])
     yield _gauge("worker_pending_labels", "Labels waiting for their event.", pending["labels"])
     yield _split(s)
