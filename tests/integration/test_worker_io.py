@@ -695,9 +695,10 @@ def the_one_error_line(stderr: str) -> str:
     return errors[0]
 
 
-def test_a_worker_started_with_another_secret_leaves_the_running_one_alone(bootstrap, unique, tmp_path):
-    """A mistyped --secret must not take a deployment down: the newcomer cannot restore
-    the stored state, so it refuses before it fences the running instance (exit 2)."""
+def test_a_worker_started_with_another_secret_or_group_leaves_the_running_one_alone(bootstrap, unique,
+                                                                                    tmp_path):
+    """A mistyped --secret (or --group) must not take a deployment down or predict its
+    input again: the newcomer refuses before it fences or reads anything (exit 2)."""
     prefix = unique("secret") + "."
     create_all_topics(bootstrap, prefix, 1)
     with running(bootstrap, prefix, tmp_path / "worker.log") as worker:
@@ -708,6 +709,13 @@ def test_a_worker_started_with_another_secret_leaves_the_running_one_alone(boots
         assert code == 2, stderr
         line = the_one_error_line(stderr)
         assert "cannot be restored with this --secret" in line and "nothing was taken over" in line, line
+        # another --group on the same prefix would adopt this group's engine yet read every
+        # input from offset 0 (learning it twice, predicting it again): refused too
+        code, stderr, _ = run_briefly("--bootstrap", bootstrap, "--topic-prefix", prefix, "--group", "other")
+        assert code == 2, stderr
+        line = the_one_error_line(stderr)
+        assert f"holds the state of group '{prefix}group', not 'other'" in line, line
+        assert len(predicted_ids(bootstrap, prefix)) == 100, "nothing predicted again"
         produce(bootstrap, prefix + "events", [event(i) for i in range(100, 200)])
         wait_predicted(bootstrap, prefix, 200)
         assert worker.proc.poll() is None and "fenced" not in worker.log()

@@ -42,6 +42,7 @@ class Loaded:
     runs: list[Run] = field(default_factory=list)  # to replay, in order
     next_seq: int = 1
     instance: str | None = None  # id of the instance that started last
+    group: str | None = None  # the group whose snapshot it is (None: written before it was recorded)
 
 
 class KafkaCheckpoints:
@@ -107,6 +108,7 @@ class KafkaCheckpoints:
                 raise SnapshotError(f"the snapshot on {self.topic} is missing chunks")
             loaded.snapshot = join_chunks(parts)
             loaded.after_progress = int(manifest["after_progress"])
+            loaded.group = manifest.get("group")
             self._chunks = count
         for seq in sorted(progress):
             key = f"progress:{seq}".encode()

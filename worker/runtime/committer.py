@@ -146,7 +146,8 @@ class Committer:
         if snapshot:
             began = time.monotonic()
             engine.snapshot_requested = False
-            meta = {"events": engine.counts["events"], "champion": engine.champion}
+            meta = {"events": engine.counts["events"], "champion": engine.champion,
+                    "group": self.settings.kafka.group}  # whose state: see startup.check_stored_state
             self._checkpoints.write_snapshot(producer, engine.snapshot(self.settings.secret), meta)
             self._last_snapshot = time.monotonic()
             self._snapshot_events = engine.counts["events"]

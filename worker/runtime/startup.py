@@ -72,16 +72,24 @@ def wrong_secret(settings: RunSettings, error: SignatureError, consequence: str)
 def check_stored_state(settings: RunSettings) -> None:
     """Refuse to start, before ``init_transactions`` fences the running instance, when
     the stored snapshot is signed with another secret: a mistyped ``--secret`` would
-    otherwise stop a healthy worker and then itself. (The snapshot is read again by
-    the recovery: the running instance may write a newer one meanwhile.) Exactly once
-    and without ``--fresh`` only: the caller checks."""
+    otherwise stop a healthy worker and then itself. Refuse too when it is another
+    group's: that group's engine reflects input up to its own offsets, while this group
+    would read every input from its first offset (learning it twice, predicting it
+    again). (The snapshot is read again by the recovery: the running instance may write
+    a newer one meanwhile.) Exactly once and without ``--fresh`` only: the caller checks."""
     reader = state_reader(settings)
+    topic, group = settings.kafka.topics.worker_state, settings.kafka.group
     try:
-        snapshot = KafkaCheckpoints(settings.kafka.topics.worker_state).load(reader).snapshot
+        loaded = KafkaCheckpoints(topic).load(reader)
     finally:
         reader.close()
+    snapshot = loaded.snapshot
     if snapshot is None:
         return
+    if loaded.group is not None and loaded.group != group:
+        raise ConfigError(f"{topic} holds the state of group {loaded.group!r}, not {group!r}: a topic prefix "
+                          f"holds one deployment. Run with --group {loaded.group}, give this deployment a "
+                          "--topic-prefix of its own, or start over with --fresh (which discards that state)")
     try:
         state.verify(snapshot, settings.secrets)
     except SignatureError as e:  # anything else wrong with it is the recovery's to say
