@@ -508,8 +508,9 @@ def models_export(config_path, bootstrap, topic_prefix, kafka_config, version: i
 @click.option("--positive", help="CSV: the label value that means true (binary labels), e.g. UP.")
 @click.option("--id-column", help="CSV: the column holding the event id (default: --id-prefix + index).")
 @click.option("--drop-column", "drop", multiple=True, help="CSV: a column to ignore; repeatable.")
-@click.option("--events", type=click.IntRange(min=0), default=10_000, show_default=True,
-              help="Events to send; 0 = endless (a file: all its rows).")
+@click.option("--events", type=click.IntRange(min=0),
+              help="Events to send; 0 = endless (a file: all its rows)  [default: a generator 10000, "
+                   "a file all its rows]")
 @click.option("--concepts", default="0,1", show_default=True,
               help="Generator variants of the successive concepts (SEA 0-3, Agrawal 0-9 …), cycled.")
 @click.option("--drift-at", "drift_at", multiple=True, metavar="INDEX|SHARE",
@@ -551,6 +552,8 @@ def simulate_command(config_path, bootstrap, topic_prefix, kafka_config, generat
     topics = settings.topics
     prefix = sim.check_id_prefix(id_prefix if id_prefix is not None else f"evt-{uuid.uuid4().hex[:6]}-")
     notes: list[str] = []  # what the file reader has to say once it has read the file
+    if events is None:
+        events = 0 if file is not None else 10_000
     if file is not None:
         if drift_at or drift_every or drift_width:
             raise click.UsageError("--drift-* options apply to generators; a file drifts by itself")
@@ -686,7 +689,7 @@ def main() -> None:
         sys.exit(2)
     except WorkerError as e:
         click.echo(f"worker: {e}", err=True)
-        sys.exit(1)
+        sys.exit(e.exit_code)
     except OSError as e:  # a path that cannot be read or written (a file where a folder should be …)
         if e.filename is None:
             raise

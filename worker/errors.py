@@ -8,9 +8,20 @@ code); the subclasses say which part of the system refused.
 class WorkerError(Exception):
     """Root of every error the worker raises deliberately."""
 
+    exit_code = 1  # of the CLI
+
 
 class ConfigError(WorkerError):
     """Bad configuration: unknown key, invalid value, missing topic. CLI exit code 2."""
+
+    exit_code = 2
+
+
+class BrokerLost(WorkerError):
+    """The broker went away while a command waited on it (not a configuration error, but
+    exit code 2 all the same: the outcome is unknown, as with an unreachable broker)."""
+
+    exit_code = 2
 
 
 class SpecError(ConfigError):
@@ -30,13 +41,14 @@ class Fenced(WorkerError):
 
 
 class StoppedUncommitted(WorkerError):
-    """Told to stop while the broker was unreachable: the worker exits (1) without its
-    last commit rather than wait for a broker that may never come back. Nothing is lost:
-    the next start resumes from the last commit and processes that input again."""
+    """Told to stop while the broker was unreachable (or while recovering from a failed
+    commit): the worker exits (1) without its last commit rather than wait for a broker
+    that may never come back. Nothing is lost: the next start resumes from the last
+    commit and processes that input again."""
 
-    def __init__(self, what: str = "the next start processes that input again") -> None:
-        super().__init__(f"stopped without committing the last interval: the broker is unreachable. "
-                         f"Nothing is lost: {what}")
+    def __init__(self, what: str = "the next start processes that input again",
+                 why: str = "the broker is unreachable") -> None:
+        super().__init__(f"stopped without committing the last interval: {why}. Nothing is lost: {what}")
 
 
 class BadInputError(WorkerError):

@@ -20,6 +20,7 @@ from tests.integration.harness import (
     create_all_topics,
     free_port,
     predicted_ids,
+    produce,
     read_all,
     wait_until,
 )
@@ -119,6 +120,10 @@ def test_a_stop_signal_while_the_broker_is_down_exits_within_seconds_and_loses_n
     wait_until(lambda: len(predicted_ids(bootstrap, prefix)) > 2000, 60, "predictions before the outage")
     own_broker.run("stop")
     wait_until(lambda: "waiting for the broker" in worker.log(), 60, "the worker to report the outage")
+    # The outage goes on (this sleep is the scenario, not a wait for something): past 15 s
+    # the worker may have given up a blocked librdkafka call and be recovering, whose
+    # calls block for 30 s each unless it asks the broker first.
+    time.sleep(20)
     began = time.monotonic()
     worker.proc.send_signal(signal.SIGTERM)
     code = worker.proc.wait(60)
@@ -151,8 +156,7 @@ def test_a_trainer_and_a_scorer_stopped_while_the_broker_is_down_exit_without_wa
     scorer = WorkerProcess(bootstrap, prefix, tmp_path / "scorer.log", "--role", "scorer",
                            "--scorer-id", "s1")
     trainer.wait_ready()
-    steady_producer(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(20_000)),
-                    rate_per_s=2000)
+    produce(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(20_000)))
     scorer.wait_ready()
     wait_until(lambda: len(predicted_ids(bootstrap, prefix)) > 1000, 60, "predictions before the outage")
     own_broker.run("stop")

@@ -113,3 +113,18 @@ def test_inline_labels_need_no_labels_topic(bootstrap: str, unique) -> None:
     proc = simulate(bootstrap, prefix, "--events", "50", "--labels", "topic")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and f"missing topic: {prefix}labels" in err, err
+
+
+def test_a_file_is_sent_whole_by_default(bootstrap: str, unique, tmp_path) -> None:
+    """`--events` defaults to 10,000 for a generator, not for a file: every row goes."""
+    prefix = unique("simfile") + "."
+    create_all_topics(bootstrap, prefix, partitions=1)
+    rows = 10_500
+    data = tmp_path / "rows.csv"
+    data.write_text("x,y\n" + "".join(f"{i / rows},{'UP' if i % 3 else 'DOWN'}\n" for i in range(rows)))
+    proc = simulate(bootstrap, prefix, "--file", str(data), "--target", "y", "--positive", "UP",
+                    "--no-progress")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["events"] == rows
+    assert len(read_all(bootstrap, prefix + "events")) == rows

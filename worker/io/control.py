@@ -25,7 +25,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker.core.types import Command
-from worker.errors import ConfigError, WorkerError
+from worker.errors import BrokerLost, ConfigError, WorkerError
 from worker.io import kafka
 from worker.io.codec import encode_command
 from worker.io.topics import CONNECT_TIMEOUT_S, missing_topics, require_topics
@@ -68,9 +68,10 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
                   secret: bytes | None, wait_s: float, again: bool = False) -> list[dict[str, Any]] | None:
     """Write ``command``; return the lifecycle events answering it (the last one final),
     or None when no final answer came within ``wait_s`` seconds. A missing topic, a
-    broker unreachable (within ``connect_timeout(wait_s)``), a command it did not
-    acknowledge, or a broker lost during the wait raise :class:`ConfigError`, a command
-    the broker refused :class:`WorkerError`: one clear line, not a librdkafka error.
+    broker unreachable (within ``connect_timeout(wait_s)``) raise :class:`ConfigError`, a
+    command it did not acknowledge or a broker lost during the wait :class:`BrokerLost`
+    (both exit 2), a command the broker refused :class:`WorkerError`: one clear line, not
+    a librdkafka error.
 
     ``again``: the command may have been sent before (a retry with the same id, which the
     worker applies once and does not answer twice): an answer already on the topic is
@@ -91,8 +92,8 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
                 start = kafka.bounds(reader, control_topic)[1]
                 earlier = _earlier(reader, control_topic, command.command_id)
             except KafkaException as e:  # the broker went away since it answered the metadata request
-                raise ConfigError(f"lost Kafka at {where} while looking for an earlier answer on "
-                                  f"{control_topic}: {e.args[0].str()}; nothing was sent") from None
+                raise BrokerLost(f"lost Kafka at {where} while looking for an earlier answer on "
+                                 f"{control_topic}: {e.args[0].str()}; nothing was sent") from None
             if answers := _answers(earlier, command.command_id):
                 return answers
         delivered: list[Any] = []
@@ -103,15 +104,15 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
             reason = delivered[0].str() if delivered else "no acknowledgement"
             if delivered and delivered[0].code() not in (KafkaError._MSG_TIMED_OUT, *kafka.UNREACHABLE):
                 raise WorkerError(f"cannot write the command to {control_topic}: {reason}")
-            raise ConfigError(f"no acknowledgement from Kafka at {where} within {connect_s:g}s for the "
-                              f"command {command.command_id} on {control_topic} ({reason}): it may still "
-                              f"have been written; {resend}")
+            raise BrokerLost(f"no acknowledgement from Kafka at {where} within {connect_s:g}s for the "
+                             f"command {command.command_id} on {control_topic} ({reason}): it may still "
+                             f"have been written; {resend}")
         answers = _await(reader, control_topic, delivered[0].offset() if start is None else start,
                          command.command_id, wait_s, link)
         if answers is None and link.lost is not None and not _reachable(admin_config, control_topic):
-            raise ConfigError(f"lost Kafka at {where} while waiting {wait_s:g}s for the answer "
-                              f"({link.lost}): the command {command.command_id} is on {control_topic} and "
-                              f"is applied when the worker reads it; {resend}")
+            raise BrokerLost(f"lost Kafka at {where} while waiting {wait_s:g}s for the answer "
+                             f"({link.lost}): the command {command.command_id} is on {control_topic} and "
+                             f"is applied when the worker reads it; {resend}")
         return answers
     finally:
         reader.close()

@@ -190,6 +190,18 @@ def unstable_partitions(config: dict[str, Any], partitions: list[TopicPartition]
             client.close()
 
 
+def answers(client: Consumer, topic: str, timeout_s: float = 2.0) -> bool:
+    """Does the cluster answer a metadata request for ``topic`` within ``timeout_s``? A
+    recovery asks first: its own calls (``init_transactions``) would block for their
+    whole timeout while the broker is away, deaf to a stop signal."""
+    try:
+        client.list_topics(topic, timeout=timeout_s)
+        return True
+    except KafkaException as e:
+        log.warning("Kafka not answering (%s): waiting for the broker before recovering", e.args[0].str())
+        return False
+
+
 def retrying(call: Callable[[float], Any], timeout_s: float, check: Callable[[], None] | None = None) -> None:
     """``call(timeout_s)`` (a transactional call such as ``commit_transaction``), again
     while librdkafka says its error is retriable: the broker is away for a while. Before

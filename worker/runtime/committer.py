@@ -236,6 +236,7 @@ class Committer:
         self._unsaved = False
         if positions:
             self.inputs.consumer.commit(offsets=positions, asynchronous=False)
+        self._on_committed()
         self._last_snapshot = time.monotonic()
         self._snapshot_events = self._engine.counts["events"]
         self.observer.observe_checkpoint(self._last_snapshot - began)

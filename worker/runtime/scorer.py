@@ -397,6 +397,8 @@ class Scorer:
         self._raise_if_fenced(error)
         log.warning("transaction failed (%s): new producer, serving again from the last commit", error.str())
         while not self.stopping:
+            if not kafka.answers(self._consumer, self.topics.events):
+                continue
             try:
                 self._producer = self._new_producer()  # the old one is dropped: a call may still block it
                 self._rewind()

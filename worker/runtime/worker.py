@@ -62,6 +62,9 @@ class Worker:
         self.stopping = False
         self.ready = False
         self.broker_unreachable = False  # set by the client's error callback, cleared by progress
+        # … and this one only by a commit: prefetched messages keep coming while the broker
+        # is away, and a stop must not wait for it (see _give_up)
+        self._away_since_commit = False
         self.engine: Engine | None = None
         self.instance = uuid.uuid4().hex
         self._status_due = Every(settings.status_interval_s)  # and one at each start (_start)
@@ -113,8 +116,9 @@ class Worker:
                     self._on_kafka_error(e.args[0], failed_commit=isinstance(e, CommitFailed))
             if self._give_up():
                 raise StoppedUncommitted()
-            if self.ready:
-                self._commit(force_snapshot=True, wait=True)  # a restart then has nothing to replay
+            if not self.ready:  # stopped while recovering from a failed commit: nothing to commit
+                raise StoppedUncommitted(why="a commit failed and the worker was recovering")
+            self._commit(force_snapshot=True, wait=True)  # a restart then has nothing to replay
         finally:
             self._close()
         log.info("stopped cleanly")
@@ -277,11 +281,11 @@ class Worker:
     def _give_up(self) -> bool:
         """Told to stop while the broker is away: exit without the last commit rather than
         wait for a broker that may not come back (a supervisor would kill us meanwhile)."""
-        return self.stopping and self.broker_unreachable
+        return self.stopping and self._away_since_commit
 
     def _on_commit(self) -> None:
         """A commit went through: the broker is reachable again."""
-        self.broker_unreachable = False
+        self.broker_unreachable = self._away_since_commit = False
 
     def _check_not_deleted(self) -> None:
         """A topic deleted while running: stop (exit 2) rather than wait in vain."""
@@ -355,6 +359,9 @@ class Worker:
     def _restart(self) -> None:
         self._inputs.runs = []
         while not self.stopping:
+            if not kafka.answers(self._control_consumer, self.topics.control):
+                self.broker_unreachable = self._away_since_commit = True
+                continue
             try:
                 self._start()
                 return
@@ -368,7 +375,7 @@ class Worker:
     def _on_client_error(self, error: KafkaError) -> None:
         kafka.log_client_error(error)
         if error.code() in kafka.UNREACHABLE:
-            self.broker_unreachable = True
+            self.broker_unreachable = self._away_since_commit = True
 
     def _on_consume_error(self, error: KafkaError) -> None:
         now = time.monotonic()
