@@ -193,12 +193,13 @@ def unstable_partitions(config: dict[str, Any], partitions: list[TopicPartition]
 def answers(client: Consumer, topic: str, timeout_s: float = 2.0) -> bool:
     """Does the cluster answer a metadata request for ``topic`` within ``timeout_s``? A
     recovery asks first: its own calls (``init_transactions``) would block for their
-    whole timeout while the broker is away, deaf to a stop signal."""
+    whole timeout while the broker is away, deaf to a stop signal. So does a stop before
+    it gives up its last commit."""
     try:
         client.list_topics(topic, timeout=timeout_s)
         return True
     except KafkaException as e:
-        log.warning("Kafka not answering (%s): waiting for the broker before recovering", e.args[0].str())
+        log.warning("Kafka not answering a metadata request (%s): waiting for the broker", e.args[0].str())
         return False
 
 

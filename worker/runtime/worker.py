@@ -279,9 +279,12 @@ class Worker:
             self._restart()
 
     def _give_up(self) -> bool:
-        """Told to stop while the broker is away: exit without the last commit rather than
-        wait for a broker that may not come back (a supervisor would kill us meanwhile)."""
-        return self.stopping and self._away_since_commit
+        """Told to stop while the broker is away (reported so since the last commit, and
+        not answering now: a passing disconnect is no outage): exit without the last commit
+        rather than wait for a broker that may not come back (a supervisor would kill us
+        meanwhile)."""
+        return (self.stopping and self._away_since_commit
+                and not kafka.answers(self._control_consumer, self.topics.control, timeout_s=1.0))
 
     def _on_commit(self) -> None:
         """A commit went through: the broker is reachable again."""
