@@ -721,6 +721,27 @@ def test_a_worker_started_with_another_secret_or_group_leaves_the_running_one_al
         assert worker.proc.poll() is None and "fenced" not in worker.log()
 
 
+def test_a_progress_record_written_by_someone_else_is_not_replayed(bootstrap, unique, tmp_path):
+    """Anyone who can write to worker-state could make a recovery replay input of their
+    choosing (learning it again): a progress record without this worker's signature after
+    its snapshot stops the start (exit 1) instead, with a line that says which."""
+    prefix = unique("forged") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log")
+    worker.wait_ready()
+    produce(bootstrap, prefix + "events", [event(i) for i in range(100)])
+    wait_predicted(bootstrap, prefix, 100)
+    worker.kill()
+    forged = {"seq": 10**6, "runs": [[prefix + "events", 0, 0, 99]]}
+    produce(bootstrap, prefix + "worker-state", [(f"progress:{10**6}".encode(), orjson.dumps(forged))])
+    code, stderr, _ = run_briefly("--bootstrap", bootstrap, "--topic-prefix", prefix,
+                                  "--group", f"{prefix}group")
+    assert code == 1, stderr[-3000:]
+    line = the_one_error_line(stderr)
+    assert f"progress record {10**6} is not signed with this worker's secret" in line, line
+    assert len(predicted_ids(bootstrap, prefix)) == 100
+
+
 def test_labels_the_model_cannot_learn_are_served_and_warned_about(bootstrap, unique, tmp_path):
     """String labels for a binary classifier: every event is still served, and the log
     says why the model does not learn (else only a metric would show it)."""

@@ -674,9 +674,10 @@ class Engine:
 
     # --- state ---------------------------------------------------------------------------
 
-    def snapshot(self, secret: bytes | str) -> bytes:
-        """The whole engine as signed bytes (see :mod:`worker.core.state`)."""
-        meta = {"events": self.counts["events"], "labelled": self.counts["labelled"],
+    def snapshot(self, secret: bytes | str, meta: dict[str, Any] | None = None) -> bytes:
+        """The whole engine as signed bytes (see :mod:`worker.core.state`); ``meta``: what
+        the caller wants signed with it (the Kafka edge: the records the snapshot covers)."""
+        meta = {**(meta or {}), "events": self.counts["events"], "labelled": self.counts["labelled"],
                 "champion": self.champion, "challenger": self.challenger}
         return state.dump(self, secret, meta=meta)
 

@@ -3,12 +3,17 @@
 Exactly-once: the compacted ``worker-state`` topic, written inside the same
 transactions as the predictions and the consumed offsets:
 
-- ``progress:<seq>`` — which input ranges one transaction processed, in order:
-  ``{"seq": 12, "runs": [["events", 0, 100, 180], ["control", 0, 7, 7], ...]}``;
+- ``progress:<seq>`` — which input ranges one transaction processed, in order, signed:
+  ``{"seq": 12, "runs": [["events", 0, 100, 180], ["control", 0, 7, 7], ...], "mac": "…"}``;
 - ``chunk:<i>`` and ``manifest`` — a signed engine snapshot, split into chunks; the
   manifest says how many chunks and which progress records the snapshot includes
-  (``after_progress``). Progress records a snapshot includes are tombstoned by it, so
-  the compacted topic stays small.
+  (``after_progress``, also in the snapshot's signed meta). Progress records a snapshot
+  includes are tombstoned by it, so the compacted topic stays small.
+
+Whoever can write to the topic cannot make recovery replay input of their choosing: a
+snapshot says (signed) that the progress records after it are signed, and one that is
+not is refused. Snapshots written before records were signed say nothing: the records
+after them are taken as they are.
 
 Recovery loads the last snapshot and replays the ranges of the progress records after
 it, in order. At-least-once: one signed file per group in a local folder, replaced by
@@ -17,7 +22,10 @@ atomic rename, holding the engine and the input offsets it reflects.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +56,9 @@ class Loaded:
 class KafkaCheckpoints:
     """Snapshots and progress records on the compacted ``worker-state`` topic."""
 
-    def __init__(self, topic: str, chunk_bytes: int = 1_000_000) -> None:
+    def __init__(self, topic: str, secrets: Sequence[bytes], chunk_bytes: int = 1_000_000) -> None:
         self.topic = topic
+        self.secrets = secrets  # signs progress records with the first; accepts any (a rotation)
         self.chunk_bytes = chunk_bytes
         self.next_seq = 1
         self._since_snapshot: list[bytes] = []  # progress keys a next snapshot will cover
@@ -59,8 +68,13 @@ class KafkaCheckpoints:
         seq = self.next_seq
         self.next_seq += 1
         key = f"progress:{seq}".encode()
-        producer.produce(self.topic, key=key, value=orjson.dumps({"seq": seq, "runs": runs}))
+        mac = _mac(self.secrets[0], key, runs)
+        producer.produce(self.topic, key=key, value=orjson.dumps({"seq": seq, "runs": runs, "mac": mac}))
         self._since_snapshot.append(key)
+
+    def snapshot_meta(self) -> dict[str, Any]:
+        """What the next snapshot must carry in its signed meta (Engine.snapshot's)."""
+        return {"after_progress": self.next_seq - 1, "progress_signed": True}
 
     def write_instance(self, producer: Producer, instance: str) -> None:
         """Say which instance runs now: a fenced instance reads it to tell a takeover
@@ -86,8 +100,9 @@ class KafkaCheckpoints:
         return self.parse(latest)
 
     def parse(self, latest: dict[bytes, bytes | None]) -> Loaded:
-        """What the topic's last record per key says to recover. The records are not signed
-        (the snapshot is): a foreign or damaged one is one clear error, not a traceback."""
+        """What the topic's last record per key says to recover. The manifest is not signed
+        (the snapshot and the progress records are): a foreign or damaged record is one
+        clear error, not a traceback."""
         try:
             return self._recovery({k: v for k, v in latest.items() if v is not None})
         except (KeyError, ValueError, TypeError, AttributeError) as e:  # orjson's errors are ValueErrors
@@ -98,6 +113,7 @@ class KafkaCheckpoints:
         loaded = Loaded(instance=live[b"instance"].decode() if b"instance" in live else None)
         progress = {int(k.split(b":")[1]): orjson.loads(v) for k, v in live.items()
                     if k.startswith(b"progress:")}
+        signed = False  # the snapshot vouches that the progress records after it are signed
         if b"manifest" in live:
             manifest = orjson.loads(live[b"manifest"])
             count = manifest["chunks"]
@@ -107,17 +123,35 @@ class KafkaCheckpoints:
             if any(p is None for p in parts):
                 raise SnapshotError(f"the snapshot on {self.topic} is missing chunks")
             loaded.snapshot = join_chunks(parts)
-            loaded.after_progress = int(manifest["after_progress"])
+            state.verify(loaded.snapshot, self.secrets)  # its meta decides what is replayed
+            meta = state.read_meta(loaded.snapshot)["meta"]
+            loaded.after_progress = int(meta.get("after_progress", manifest["after_progress"]))
+            signed = meta.get("progress_signed") is True
             loaded.group = manifest.get("group")
             self._chunks = count
         for seq in sorted(progress):
             key = f"progress:{seq}".encode()
             if seq > loaded.after_progress:
+                if signed and not self._signed(key, progress[seq]):
+                    raise SnapshotError(f"{self.topic}: progress record {seq} is not signed with this "
+                                        "worker's secret: written by someone else? (recovery would replay "
+                                        "the input it names)")
                 loaded.runs.extend(_run(run) for run in progress[seq]["runs"])
             self._since_snapshot.append(key)
         loaded.next_seq = max([loaded.after_progress, *progress]) + 1
         self.next_seq = loaded.next_seq
         return loaded
+
+
+    def _signed(self, key: bytes, record: dict[str, Any]) -> bool:
+        mac = record.get("mac")
+        return isinstance(mac, str) and any(hmac.compare_digest(mac, _mac(s, key, record["runs"]))
+                                            for s in self.secrets)
+
+
+def _mac(secret: bytes, key: bytes, runs: Any) -> str:
+    """A progress record's signature: its key and its runs, as JSON."""
+    return hmac.new(secret, key + b"\n" + orjson.dumps(runs), hashlib.sha256).hexdigest()
 
 
 def _run(run: list[Any]) -> Run:

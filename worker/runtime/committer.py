@@ -148,7 +148,8 @@ class Committer:
             engine.snapshot_requested = False
             meta = {"events": engine.counts["events"], "champion": engine.champion,
                     "group": self.settings.kafka.group}  # whose state: see startup.check_stored_state
-            self._checkpoints.write_snapshot(producer, engine.snapshot(self.settings.secret), meta)
+            snapshot = engine.snapshot(self.settings.secret, self._checkpoints.snapshot_meta())
+            self._checkpoints.write_snapshot(producer, snapshot, meta)
             self._last_snapshot = time.monotonic()
             self._snapshot_events = engine.counts["events"]
             self.observer.observe_checkpoint(self._last_snapshot - began)

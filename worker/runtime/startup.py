@@ -10,7 +10,6 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from worker.core import state
 from worker.errors import ConfigError, SignatureError
 from worker.io import kafka
 from worker.io.topics import check_not_deleted, check_shapes, message_limits, missing_topics, require_topics
@@ -80,20 +79,17 @@ def check_stored_state(settings: RunSettings) -> None:
     reader = state_reader(settings)
     topic, group = settings.kafka.topics.worker_state, settings.kafka.group
     try:
-        loaded = KafkaCheckpoints(topic).load(reader)
+        loaded = KafkaCheckpoints(topic, settings.secrets).load(reader)  # verifies the snapshot
+    except SignatureError as e:
+        raise wrong_secret(settings, e, "nothing was taken over") from None
     finally:
         reader.close()
-    snapshot = loaded.snapshot
-    if snapshot is None:
+    if loaded.snapshot is None:
         return
     if loaded.group is not None and loaded.group != group:
         raise ConfigError(f"{topic} holds the state of group {loaded.group!r}, not {group!r}: a topic prefix "
                           f"holds one deployment. Run with --group {loaded.group}, give this deployment a "
                           "--topic-prefix of its own, or start over with --fresh (which discards that state)")
-    try:
-        state.verify(snapshot, settings.secrets)
-    except SignatureError as e:  # anything else wrong with it is the recovery's to say
-        raise wrong_secret(settings, e, "nothing was taken over") from None
 
 
 def warn_unstable_outputs(settings: RunSettings, consumer: Any) -> None:

@@ -144,7 +144,7 @@ class Worker:
         self._producer = kafka.producer(config)
         if self.exactly_once:
             self._producer.init_transactions(TXN_CALL_TIMEOUT_S)  # fences any older instance
-            self._checkpoints = KafkaCheckpoints(self.topics.worker_state,
+            self._checkpoints = KafkaCheckpoints(self.topics.worker_state, self.settings.secrets,
                                                  self._limits.chunk_bytes[self.topics.worker_state])
             self._producer.begin_transaction()  # announce ourselves at once (see _taken_over)
             self._checkpoints.write_instance(self._producer, self.instance)
@@ -349,7 +349,8 @@ class Worker:
         deadline = time.monotonic() + wait_s
         try:
             while True:
-                if KafkaCheckpoints(self.topics.worker_state).load(reader).instance != self.instance:
+                checkpoints = KafkaCheckpoints(self.topics.worker_state, self.settings.secrets)
+                if checkpoints.load(reader).instance != self.instance:
                     return True
                 if time.monotonic() > deadline:
                     return False
