@@ -128,6 +128,10 @@ def replay_command(file: Path, target, positive, id_column, drop, out_dir: Path,
                         "labels true / false for a binary classifier (a CSV's --positive VALUE maps that "
                         "value to true), numbers for a model that computes with them (strings need a spec "
                         "that encodes them: see the README)")
+    if summary["shadow_errors"]:
+        warnings.append(f"{summary['shadow_errors']} times the challenger or previous champion could not "
+                        f"score an event (last: {summary['shadow_error']}); the champion served it: does "
+                        "--challenger take the events' features?")
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
 

@@ -68,7 +68,7 @@ class InvalidCommandError(BadInputError):
 
 
 class RefusedInputError(BadInputError):
-    """An input the engine itself refused (a model raised on it, its id is pending); the
+    """An input the engine itself refused (the champion raised on it, its id is pending); the
     engine has counted it. Any other `BadInputError` is input the edge could not decode."""
 
 

@@ -436,6 +436,23 @@ def test_a_message_refused_for_another_reason_takes_no_class():
     assert engine.counts["labelled"] == 4
 
 
+def test_a_challenger_that_cannot_score_the_events_does_not_stop_serving():
+    """Only the champion's error makes an event bad: a challenger spec that does not take
+    the events' features is counted on every event, which the champion serves as usual
+    (it would otherwise dead-letter them all, and nothing would be served)."""
+    engine = Engine(EngineConfig(champion='compose.Discard("a") | linear_model.LogisticRegression()',
+                                 challenger="linear_model.LogisticRegression()", warmup_labels=20))
+    served = [engine.process(Event(id=f"e{i}", features={"a": "text", "b": i / 100}, label=i % 2 == 0))
+              for i in range(100)]
+    assert [p.served_by for p in served] == ["champion"] * 100 and engine.champion == 1
+    assert all(p.shadow is None for p in served[20:])  # no challenger score to show
+    assert engine.counts["bad"] == 0 and engine.counts["events"] == engine.counts["labelled"] == 100
+    assert engine.counts["shadow_errors"] == 80  # every event once the challenger exists
+    assert engine.shadow_error.startswith(f"v{engine.challenger} could not score an event: TypeError")
+    engine.apply(cmd("set_split", "s1", percent=100.0))  # a split serves the champion where it cannot
+    assert engine.process(Event(id="x", features={"a": "text", "b": 0.5}, key="k")).served_by == "champion"
+
+
 def test_event_on_which_a_model_raises_is_bad_and_the_engine_goes_on():
     data = two_concepts(120, seed=6)
     engine = Engine(EngineConfig(champion=LOGREG, warmup_labels=50))

@@ -101,6 +101,7 @@ class Engine:
 
     learn_error: str | None = None  # the last time a model could not learn (a class default:
     # snapshots of earlier releases do not have it)
+    shadow_error: str | None = None  # the last time the challenger or previous champion raised
 
     def __init__(self, config: EngineConfig, observer: Observer | None = None) -> None:
         self.config = config
@@ -114,7 +115,8 @@ class Engine:
         self.pending = PendingBuffer(config.pending_max, config.pending_ttl)  # awaiting labels
         self.early = PendingBuffer(config.pending_max, config.pending_ttl)  # awaiting events
         self.counts = dict.fromkeys(
-            ("events", "labelled", "bad", "undecodable", "learn_errors", "promotions", "rollbacks", "resets"),
+            ("events", "labelled", "bad", "undecodable", "learn_errors", "shadow_errors", "promotions",
+             "rollbacks", "resets"),
             0,
         )
         self.positions: dict[tuple[str, int], int] = {}  # last input offset per topic-partition
@@ -153,16 +155,25 @@ class Engine:
         # prediction is predict_from_proba(proba), inlined (this runs 2-3 times per event).
         try:
             proba = champ.model.predict_proba_one(x)
-            c = (champ.version, max(proba, key=proba.get) if proba else None, proba)
-            h = p = None
-            if chal is not None:
+        except Exception as e:  # noqa: BLE001 - the champion's error makes this event bad, not the worker
+            raise self._bad(f"model raised {type(e).__name__}: {e}") from e
+        c = (champ.version, max(proba, key=proba.get) if proba else None, proba)
+        # The others only shadow the champion: one that raises is counted, and the event is
+        # served and scored without it (a challenger spec that fails on every event would
+        # otherwise dead-letter them all, serving nothing).
+        h = p = None
+        if chal is not None:
+            try:
                 proba = chal.model.predict_proba_one(x)
                 h = (chal.version, max(proba, key=proba.get) if proba else None, proba)
-            if prev is not None:
+            except Exception as e:  # noqa: BLE001 - see above
+                self._shadow_failed(chal, e)
+        if prev is not None:
+            try:
                 proba = prev.model.predict_proba_one(x)
                 p = (prev.version, max(proba, key=proba.get) if proba else None, proba)
-        except Exception as e:  # noqa: BLE001 - any model error makes this event bad, not the worker
-            raise self._bad(f"model raised {type(e).__name__}: {e}") from e
+            except Exception as e:  # noqa: BLE001 - see above
+                self._shadow_failed(prev, e)
         served, shadow, served_by = c, h, "champion"
         if self.split and h is not None and serves_challenger(event.key, self.split, event.id):
             served, shadow, served_by = h, c, "challenger"
@@ -319,6 +330,10 @@ class Engine:
         detector = mv.detector
         if detector is not None and detector.update(loss):
             self._on_drift(mv, detector.change)
+
+    def _shadow_failed(self, mv: ModelVersion, error: Exception) -> None:
+        self.counts["shadow_errors"] += 1
+        self.shadow_error = f"v{mv.version} could not score an event: {type(error).__name__}: {error}"
 
     def _train(self, mv: ModelVersion, x: dict, y: Any) -> None:
         try:
@@ -711,6 +726,7 @@ class Engine:
         # Older snapshots: before dropped versions' metrics were frozen; worker 0.1.0
         # (e8d67cf): no undecodable count, bare river detectors.
         self.counts.setdefault("undecodable", 0)
+        self.counts.setdefault("shadow_errors", 0)
         self.__dict__.setdefault("_prev_ts", self._ts)  # before the clock took the last two event times
         self.__dict__.setdefault("_classes", set())  # before max_classes: counted from the restore on
         for mv in self.registry:

@@ -18,7 +18,7 @@ class Observer:
         """One event was scored and a prediction served by ``served_by``."""
 
     def bad_input(self, reason: str) -> None:
-        """An input was refused (duplicate id, a model raised); it goes to the DLQ."""
+        """An input was refused (duplicate id, the champion raised); it goes to the DLQ."""
 
     def label_joined(self, delayed: bool) -> None:
         """A label was matched with its event (``delayed``: it came on its own)."""

@@ -62,7 +62,7 @@ class PrometheusObserver(Observer):
         self.registry = r = CollectorRegistry()
         self._hot = _HotPath()
         self._bad = Counter("worker_bad_input_total", "Inputs refused by the engine (duplicate id, "
-                            "a model raised).", registry=r)
+                            "the champion raised).", registry=r)
         self._dead_letters = Counter("worker_dead_letters_total", "Input messages written to the "
                                      "dead-letter topic.", registry=r)
         self._joined = Counter("worker_labels_joined_total", "Labels matched with their event; "
@@ -259,6 +259,8 @@ def _engine_gauges(s: dict) -> Iterator[GaugeMetricFamily]:
     yield CounterMetricFamily("worker_refused_events", f"Inputs refused {kept}.", value=counts["bad"])
     yield CounterMetricFamily("worker_learn_errors", f"Times a model could not learn an event {kept}.",
                               value=counts["learn_errors"])
+    yield CounterMetricFamily("worker_shadow_errors", f"Times the challenger or previous champion could not "
+                              f"score an event the champion served {kept}.", value=counts["shadow_errors"])
     yield CounterMetricFamily("worker_challenger_resets", f"Challengers replaced {kept}.",
                               value=counts["resets"])
     yield _gauge("worker_pending_predictions", "Predictions waiting for their label.", pending["predictions"])

@@ -72,6 +72,8 @@ def summary(engine: Engine, bad: int, bad_examples: list[dict[str, Any]]) -> dic
         "bad_examples": bad_examples,
         "learn_errors": counts["learn_errors"],
         "learn_error": engine.learn_error,
+        "shadow_errors": counts["shadow_errors"],
+        "shadow_error": engine.shadow_error,
         "promotions": counts["promotions"],
         "rollbacks": counts["rollbacks"],
         "challenger_resets": counts["resets"],

@@ -68,8 +68,9 @@ class Worker:
         self.engine: Engine | None = None
         self.instance = uuid.uuid4().hex
         self._status_due = Every(settings.status_interval_s)  # and one at each start (_start)
-        self._learn_errors_said = 0  # engine.counts["learn_errors"] when last logged
-        self._learn_errors_at = -LEARN_ERRORS_EVERY_S
+        # engine.counts["learn_errors"] / ["shadow_errors"] when last logged, and when
+        self._errors_said = {"learn_errors": 0, "shadow_errors": 0}
+        self._errors_said_at = dict.fromkeys(self._errors_said, -LEARN_ERRORS_EVERY_S)
         self._unexplained_failures: list[float] = []  # when the producer failed fatally, not taken over
         self._last_consume_error = 0.0
         self._consumer = None  # events and labels (worker.obs.metrics reads its lag)
@@ -155,7 +156,7 @@ class Worker:
         self._inputs.restart()
         self._committer.attach(self._producer, recovered.engine, recovered.handler,
                                self._checkpoints if self.exactly_once else recovered.local)
-        self._learn_errors_said = self.engine.counts["learn_errors"]  # the restored ones were said
+        self._errors_said = {k: self.engine.counts[k] for k in self._errors_said}  # the restored: said
         self._inputs.assign(recovered.offsets)
         if self.exactly_once:
             startup.warn_unstable_outputs(self.settings, self._consumer)
@@ -223,7 +224,7 @@ class Worker:
                 budget -= handled
             self.observer.observe_batch(time.monotonic() - began, handled)  # also when idle
         self._report_status_when_due()
-        self._warn_learn_errors()
+        self._warn_model_errors()
         inputs.follow_new_partitions()
         self._commit()
 
@@ -261,16 +262,22 @@ class Worker:
             self.engine.report_status()
             self._handler.flush(emit=True)
 
-    def _warn_learn_errors(self) -> None:
-        """Say so, at most once per :data:`LEARN_ERRORS_EVERY_S`, when models could not
-        learn: labels of the wrong type (strings for a binary classifier) would otherwise
-        show only in the metrics, as a model that never learns."""
-        errors = self.engine.counts["learn_errors"]
-        now = time.monotonic()
-        if errors > self._learn_errors_said and now - self._learn_errors_at >= LEARN_ERRORS_EVERY_S:
-            log.warning("models could not learn a labelled event %d times (%d since the state began); "
-                        "last: %s", errors - self._learn_errors_said, errors, self.engine.learn_error)
-            self._learn_errors_said, self._learn_errors_at = errors, now
+    def _warn_model_errors(self) -> None:
+        """Say so, at most once per :data:`LEARN_ERRORS_EVERY_S` each, when models could
+        not learn (labels of the wrong type, strings for a binary classifier, would
+        otherwise show only in the metrics, as a model that never learns) or the challenger
+        could not score (a spec that does not take the events' features)."""
+        now, engine = time.monotonic(), self.engine
+        for kind, what, last in (
+            ("learn_errors", "models could not learn a labelled event", engine.learn_error),
+            ("shadow_errors", "the challenger or previous champion could not score an event (the champion "
+                              "served it)", engine.shadow_error),
+        ):
+            errors, said = engine.counts[kind], self._errors_said[kind]
+            if errors > said and now - self._errors_said_at[kind] >= LEARN_ERRORS_EVERY_S:
+                log.warning("%s %d times (%d since the state began); last: %s", what, errors - said, errors,
+                            last)
+                self._errors_said[kind], self._errors_said_at[kind] = errors, now
 
     def _commit(self, force_snapshot: bool = False, wait: bool = False) -> None:
         """The committer's commit; at least once, outputs that were not delivered send the
