@@ -538,3 +538,34 @@ def test_a_scorer_whose_predictions_the_broker_refuses_serves_them_again_later(b
         wait_until(lambda: len(predictions(bootstrap, prefix)) >= 2300, 60, "the refused events served again")
         ids = Counter(p["id"] for p in predictions(bootstrap, prefix))
         assert ids == Counter(f"e{i}" for i in range(2300)), "each event once"
+
+
+def test_under_a_split_the_champion_serves_what_the_challenger_cannot_score(bootstrap, unique, tmp_path):
+    """A challenger spec that does not take every event's features (here a string where it
+    learned numbers): for those events a scorer serves the champion's prediction, as a
+    single worker does, and dead-letters nothing."""
+    prefix = unique("split-fallback") + "."
+    create_all_topics(bootstrap, prefix, 1)
+    trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer", "--policy",
+                            "manual", "--warmup-labels", "200", "--champion",
+                            'compose.Discard("a") | linear_model.LogisticRegression()',
+                            "--challenger", "linear_model.LogisticRegression()")
+    s1 = scorer(bootstrap, prefix, tmp_path / "s1.log", "s1")
+    try:
+        trainer.wait_ready()
+        s1.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(300)])  # warm-up ends at 200
+        wait_until(lambda: "challenger_created" in trainer.log(), 60, "the challenger v2")
+        code, lines, stderr = control(bootstrap, prefix, "split", "100")
+        assert code == 0, (lines, stderr)
+        wait_until(lambda: "serving challenger v2 to 100 % of entities" in s1.log(), 60, "v2 loaded")
+        strings = [event(i, label=i % 2 == 0, a="text", b=i / 400) for i in range(300, 340)]
+        produce(bootstrap, prefix + "events", strings + [event(i) for i in range(340, 350)])
+        wait_until(lambda: len(predictions(bootstrap, prefix)) >= 350, 60, "350 predictions")
+        served = {p["id"]: (p["served_by"], p["model_version"]) for p in predictions(bootstrap, prefix)}
+        assert {served[f"e{i}"] for i in range(300, 340)} == {("champion", 1)}
+        assert {served[f"e{i}"] for i in range(340, 350)} == {("challenger", 2)}
+        assert read_all(bootstrap, prefix + "events.dlq") == []
+    finally:
+        codes = [p.stop(60) for p in (trainer, s1) if p.proc.poll() is None]
+    assert codes == [0, 0], [p.log()[-2000:] for p in (trainer, s1)]

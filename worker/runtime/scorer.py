@@ -344,11 +344,7 @@ class Scorer:
         position = (msg.topic(), msg.partition(), msg.offset())
         try:
             event = decode_event(msg.value(), msg.key(), position, self.settings.limits)
-            arm, served = self.feed.pick(event)
-            try:
-                proba = served.model.predict_proba_one(event.features)
-            except Exception as e:  # noqa: BLE001 - a model error makes this event bad, not the scorer
-                raise BadInputError(f"model raised {type(e).__name__}: {e}") from e
+            arm, served, proba = self._score(event)
             prediction = Prediction(event.id, arm, served.version, predict_from_proba(proba), proba,
                                     event.ts, event.key)
             produce_prediction(self._producer, self.topics.predictions, prediction, self._prediction_bytes)
@@ -371,6 +367,21 @@ class Scorer:
             self._recover(e.args[0])
         self._handled = 0
         self._producer.begin_transaction()
+
+    def _score(self, event: Event) -> tuple[str, Served, dict]:
+        """The arm the split picks, its model and its probabilities; the champion's when the
+        challenger cannot score the event (as a single worker serves it), and only the
+        champion's error makes the event bad."""
+        arm, served = self.feed.pick(event)
+        if arm == "challenger":
+            try:
+                return arm, served, served.model.predict_proba_one(event.features)
+            except Exception:  # noqa: BLE001 - the champion serves it
+                arm, served = "champion", self.feed.champion
+        try:
+            return arm, served, served.model.predict_proba_one(event.features)
+        except Exception as e:  # noqa: BLE001 - a model error makes this event bad, not the scorer
+            raise BadInputError(f"model raised {type(e).__name__}: {e}") from e
 
     def _before_retry(self) -> None:
         """Between attempts of a commit the broker did not answer: stop waiting when told
