@@ -41,14 +41,13 @@ class Fenced(WorkerError):
 
 
 class StoppedUncommitted(WorkerError):
-    """Told to stop while the broker was unreachable (or while recovering from a failed
-    commit): the worker exits (1) without its last commit rather than wait for a broker
-    that may never come back. Nothing is lost: the next start resumes from the last
-    commit and processes that input again."""
+    """Told to stop while the broker was unreachable: the worker exits (1) without its
+    last commit rather than wait for a broker that may never come back. Nothing is lost:
+    the next start resumes from the last commit and processes that input again."""
 
-    def __init__(self, what: str = "the next start processes that input again",
-                 why: str = "the broker is unreachable") -> None:
-        super().__init__(f"stopped without committing the last interval: {why}. Nothing is lost: {what}")
+    def __init__(self, what: str = "the next start processes that input again") -> None:
+        super().__init__(f"stopped without committing the last interval: the broker is unreachable. "
+                         f"Nothing is lost: {what}")
 
 
 class BadInputError(WorkerError):

@@ -117,9 +117,10 @@ class Worker:
                     self._on_kafka_error(e.args[0], failed_commit=isinstance(e, CommitFailed))
             if self._give_up():
                 raise StoppedUncommitted()
-            if not self.ready:  # stopped while recovering from a failed commit: nothing to commit
-                raise StoppedUncommitted(why="a commit failed and the worker was recovering")
-            self._commit(force_snapshot=True, wait=True)  # a restart then has nothing to replay
+            if self.ready:
+                self._commit(force_snapshot=True, wait=True)  # a restart then has nothing to replay
+            else:  # stopped while recovering from a failed commit (the broker answers): nothing in hand
+                log.info("stopped while recovering: the next start resumes from the last commit")
         finally:
             self._close()
         log.info("stopped cleanly")
