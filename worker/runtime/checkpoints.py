@@ -142,7 +142,6 @@ class KafkaCheckpoints:
         self.next_seq = loaded.next_seq
         return loaded
 
-
     def _signed(self, key: bytes, record: dict[str, Any]) -> bool:
         mac = record.get("mac")
         return isinstance(mac, str) and any(hmac.compare_digest(mac, _mac(s, key, record["runs"]))
