@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from tests.integration.harness import (
@@ -914,6 +914,26 @@ def test_restart_keeps_models_new_challenger_spec_applies_next_and_fresh_starts_
         ids = Counter(predicted_ids(bootstrap, prefix))
         assert len(ids) == 750 and set(ids.values()) == {1}
     assert read_all(bootstrap, prefix + "events.dlq") == []
+
+    # a lost state (worker-state deleted, made again) also starts a new engine: the group's
+    # offsets remain, but a command sent to the engine that is gone is not for this one
+    code, lines, stderr = control(bootstrap, prefix, "pause", wait_s=0.5)
+    assert code == 1 and "no answer" in lines[-1]["error"], (lines, stderr)
+    state_topic = TopicNames.from_prefix(prefix).worker_state
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.delete_topics([state_topic])[state_topic].result(timeout=30)
+    spec = next(s for s in topic_specs(TopicNames.from_prefix(prefix), 1) if s.name == state_topic)
+
+    def made_again() -> bool:
+        try:
+            admin.create_topics([NewTopic(state_topic, 1, 1, config=spec.config)])[state_topic].result(30)
+            return True
+        except KafkaException:  # still being deleted
+            return False
+    wait_until(made_again, 60, f"{state_topic} made again")
+    with running(bootstrap, prefix, tmp_path / "fourth.log", "--policy", "manual") as fourth:
+        assert "new engine" in fourth.log()
+        assert status(bootstrap, prefix)["learning"] is True, "the old engine's pause is not applied"
 
 
 def test_an_open_transaction_on_an_output_topic_is_reported_at_start(bootstrap, unique, tmp_path):

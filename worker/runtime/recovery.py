@@ -89,7 +89,8 @@ class Recovery:
             reader.close()
         # Observed from here on: replayed input was counted when it was first processed.
         recovered.engine.observer = observer
-        if fresh:  # a new engine answers no command sent to the one it replaces (ARCHITECTURE.md §2)
+        if recovered.new_lineage:  # a new engine (--fresh, or no stored state) answers no command
+            # sent to the one it replaces, whose group offsets may remain (ARCHITECTURE.md §2)
             offsets = {tp: offset for tp, offset in recovered.offsets.items() if tp[0] != self.topics.control}
             recovered = Recovered(recovered.engine, recovered.handler, offsets, recovered.new_lineage,
                                   recovered.local)
