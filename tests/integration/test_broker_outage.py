@@ -176,3 +176,29 @@ def test_a_trainer_and_a_scorer_stopped_while_the_broker_is_down_exit_without_wa
             assert process is scorer and '"stopped cleanly"' in last, last
         else:
             assert code == 1 and last.startswith("worker: stopped without committing the last interval"), last
+
+
+def test_at_least_once_a_stop_signal_while_the_broker_is_down_exits_within_seconds(own_broker, unique,
+                                                                                    tmp_path):
+    """The same with `--guarantee at_least_once`: no transaction, but outputs that wait
+    for the broker before the local snapshot; a stop does not wait them out."""
+    bootstrap, prefix = own_broker.bootstrap, unique("outage-alo") + "."
+    create_all_topics(bootstrap, prefix, partitions=2)
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", "--guarantee", "at_least_once",
+                           "--state-dir", str(tmp_path / "state"))
+    worker.wait_ready()
+    # a backlog: the worker goes on with what it has fetched once the broker is gone, and
+    # its predictions wait for the broker before each snapshot (every second here)
+    produce(bootstrap, prefix + "events", (drifting_event(i, 10**9) for i in range(60_000)))
+    wait_until(lambda: len(predicted_ids(bootstrap, prefix)) > 2000, 60, "predictions before the outage")
+    own_broker.run("stop")
+    wait_until(lambda: "waiting for the broker" in worker.log(), 60, "the worker to report the outage")
+    time.sleep(5)  # the outage goes on (the scenario, not a wait for something)
+    began = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    code = worker.proc.wait(60)
+    took = time.monotonic() - began
+    assert code == 1, worker.log()[-3000:]
+    assert took < 15, f"one SIGTERM took {took:.1f}s to stop the worker"
+    assert worker.log().strip().splitlines()[-1].startswith("worker: stopped without committing"), \
+        worker.log()[-3000:]

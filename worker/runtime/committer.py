@@ -217,12 +217,21 @@ class Committer:
         self._in_flight = None
         sys.setswitchinterval(self._switch_interval)
 
+    def _flush(self) -> int:
+        """``producer.flush`` a second at a time, for at most the transactional calls'
+        timeout: a stop while the broker is away gives up rather than wait it out."""
+        deadline = time.monotonic() + TXN_CALL_TIMEOUT_S
+        while (left := self._producer.flush(1.0)) and time.monotonic() < deadline:
+            if self._give_up():
+                raise StoppedUncommitted()
+        return left
+
     def _save_local(self) -> bool:
         """At-least-once checkpoint: every output delivered, then the snapshot, then the
         offsets. An output that could not be delivered sends us back to the last snapshot
         (returns False)."""
         began = time.monotonic()
-        if self._producer.flush(TXN_CALL_TIMEOUT_S) or self._undelivered:
+        if self._flush() or self._undelivered:
             log.warning("%d outputs not delivered: resuming from the last snapshot", self._undelivered)
             return False
         positions = self.inputs.processed_offsets()
