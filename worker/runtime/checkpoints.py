@@ -4,7 +4,8 @@ Exactly-once: the compacted ``worker-state`` topic, written inside the same
 transactions as the predictions and the consumed offsets:
 
 - ``progress:<seq>`` — which input ranges one transaction processed, in order, signed:
-  ``{"seq": 12, "runs": [["events", 0, 100, 180], ["control", 0, 7, 7], ...], "mac": "…"}``;
+  ``{"seq": 12, "runs": [["events", 0, 100, 180], ["control", 0, 7, 7], ...], "signature": "…"}``
+  (signed as commands are: :func:`worker.io.codec.sign_command`);
 - ``chunk:<i>`` and ``manifest`` — a signed engine snapshot, split into chunks; the
   manifest says how many chunks and which progress records the snapshot includes
   (``after_progress``, also in the snapshot's signed meta). Progress records a snapshot
@@ -22,8 +23,6 @@ atomic rename, holding the engine and the input offsets it reflects.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from confluent_kafka import Consumer, Producer
 from worker.core import state
 from worker.core.chunks import join_chunks, split_chunks
 from worker.errors import ConfigError, SnapshotError
+from worker.io.codec import sign_command, verify_command
 from worker.io.kafka import read_range
 
 Run = tuple[str, int, int, int]  # topic, partition, first offset, last offset
@@ -68,8 +68,9 @@ class KafkaCheckpoints:
         seq = self.next_seq
         self.next_seq += 1
         key = f"progress:{seq}".encode()
-        mac = _mac(self.secrets[0], key, runs)
-        producer.produce(self.topic, key=key, value=orjson.dumps({"seq": seq, "runs": runs, "mac": mac}))
+        record = {"seq": seq, "runs": runs}
+        record["signature"] = sign_command(record, self.secrets[0])
+        producer.produce(self.topic, key=key, value=orjson.dumps(record))
         self._since_snapshot.append(key)
 
     def snapshot_meta(self) -> dict[str, Any]:
@@ -132,25 +133,16 @@ class KafkaCheckpoints:
         for seq in sorted(progress):
             key = f"progress:{seq}".encode()
             if seq > loaded.after_progress:
-                if signed and not self._signed(key, progress[seq]):
+                record = progress[seq]
+                if signed and not (verify_command(record, self.secrets) and record["seq"] == seq):
                     raise SnapshotError(f"{self.topic}: progress record {seq} is not signed with this "
                                         "worker's secret: written by someone else? (recovery would replay "
                                         "the input it names)")
-                loaded.runs.extend(_run(run) for run in progress[seq]["runs"])
+                loaded.runs.extend(_run(run) for run in record["runs"])
             self._since_snapshot.append(key)
         loaded.next_seq = max([loaded.after_progress, *progress]) + 1
         self.next_seq = loaded.next_seq
         return loaded
-
-    def _signed(self, key: bytes, record: dict[str, Any]) -> bool:
-        mac = record.get("mac")
-        return isinstance(mac, str) and any(hmac.compare_digest(mac, _mac(s, key, record["runs"]))
-                                            for s in self.secrets)
-
-
-def _mac(secret: bytes, key: bytes, runs: Any) -> str:
-    """A progress record's signature: its key and its runs, as JSON."""
-    return hmac.new(secret, key + b"\n" + orjson.dumps(runs), hashlib.sha256).hexdigest()
 
 
 def _run(run: list[Any]) -> Run:

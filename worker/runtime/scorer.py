@@ -387,10 +387,10 @@ class Scorer:
         """Between attempts of a commit the broker did not answer: stop waiting when told
         to stop (a supervisor would kill us meanwhile), or when a topic was deleted."""
         if self.stopping:
-            self._give_up()
+            self._stop_uncommitted()
         self._check_not_deleted()
 
-    def _give_up(self) -> None:
+    def _stop_uncommitted(self) -> None:
         """Stop without the last commit; closing then waits for nothing either."""
         self._gave_up = True
         raise StoppedUncommitted("what was served since the last commit is served again by the scorer "
@@ -418,7 +418,7 @@ class Scorer:
                 self._raise_if_fenced(e.args[0])
                 log.warning("recovery failed (%s): waiting for the broker, retrying", e.args[0].str())
                 time.sleep(RETRY_S)
-        self._give_up()
+        self._stop_uncommitted()
 
     def _raise_if_fenced(self, error: Any) -> None:
         if error.code() in kafka.FENCED:

@@ -354,10 +354,10 @@ class Worker:
         that timed out? A new instance commits its id to worker-state right after it
         fences us; while the id there is still ours after ``wait_s``, it was a timeout."""
         reader = startup.state_reader(self.settings)
+        checkpoints = KafkaCheckpoints(self.topics.worker_state, self.settings.secrets)
         deadline = time.monotonic() + wait_s
         try:
             while True:
-                checkpoints = KafkaCheckpoints(self.topics.worker_state, self.settings.secrets)
                 if checkpoints.load(reader).instance != self.instance:
                     return True
                 if time.monotonic() > deadline:
