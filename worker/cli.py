@@ -37,7 +37,8 @@ ENGINE_OPTIONS = [
     click.option("--challenger", envvar="WORKER_CHALLENGER",
                  help="Model spec of fresh challengers (default: the champion's)."),
     click.option("--challenger-init", envvar="WORKER_CHALLENGER_INIT", type=click.Choice(["fresh", "copy"]),
-                 help="New challengers: untrained from the spec, or a trained copy of the champion."),
+                 help="New challengers: untrained from the spec, or a trained copy of the champion "
+                      "(default: copy; fresh with --challenger or --champion-learns)."),
     click.option("--policy", envvar="WORKER_POLICY", type=click.Choice(["auto", "manual"]),
                  help="auto: the engine promotes and rolls back; manual: operators only."),
     click.option("--champion-learns/--champion-frozen", "champion_learns", default=None,

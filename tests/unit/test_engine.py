@@ -219,6 +219,19 @@ def test_champion_learns_keeps_version_1_learning():
     assert answers(engine.registry[1].model) != before
 
 
+def test_a_learning_champion_gets_fresh_challengers_unless_told_to_copy():
+    # a copy of a learning champion would learn the same events and stay identical to it
+    data = two_concepts(120, seed=4)
+    for settings, init in (({}, "fresh"), ({"challenger_init": "copy"}, "copy")):
+        engine = Engine(EngineConfig(warmup_labels=50, policy="manual", champion_learns=True, **settings))
+        out = drive(engine, inline(data))
+        created = next(e for _, life in out for e in life if e.type == "challenger_created")
+        assert created.detail["init"] == init
+        champion, challenger = engine.registry[1], engine.registry[2]
+        assert (answers(challenger.model) == answers(champion.model)) is (init == "copy")
+    assert EngineConfig(champion_learns=False).challenger_init == "copy"
+
+
 # --- 3. pending buffers ----------------------------------------------------------------
 
 

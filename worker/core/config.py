@@ -31,7 +31,9 @@ class EngineConfig:
       created fresh (default: the champion's spec).
     - ``challenger_init``: ``"fresh"`` builds each challenger untrained from its spec;
       ``"copy"`` takes a trained copy of the champion (a pickle round trip). Default:
-      ``"fresh"`` when a challenger spec is given, else ``"copy"``.
+      ``"fresh"`` when a challenger spec is given or the champion learns (a copy of a
+      learning champion would learn the same events and stay identical to it), else
+      ``"copy"``.
     - ``warmup_labels``: version 1 learns while it serves until this many labelled
       events, then it is frozen and the first challenger is created.
     - ``champion_learns``: keep the champion learning after the warm-up too.
@@ -70,7 +72,8 @@ class EngineConfig:
             validate_model(self.challenger)
         validate_detector(self.detector)
         if self.challenger_init is None:
-            object.__setattr__(self, "challenger_init", "copy" if self.challenger is None else "fresh")
+            fresh = self.challenger is not None or self.champion_learns
+            object.__setattr__(self, "challenger_init", "fresh" if fresh else "copy")
         _one_of("challenger_init", self.challenger_init, ("fresh", "copy"))
         _one_of("policy", self.policy, ("auto", "manual"))
         for name in ("warmup_labels", "pending_max", "retain_versions", "window", "max_classes"):
