@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -235,6 +237,36 @@ def test_a_second_instance_takes_over_and_fences_the_first(bootstrap, unique, tm
         assert len(ids) == 30_000 and max(ids.values()) == 1
     finally:
         assert new.stop() == 0, new.log()[-3000:]
+
+
+def test_an_instance_on_the_old_secret_knows_it_was_fenced_by_one_on_the_new(bootstrap, unique, tmp_path):
+    """A rolling restart that rotates the secret: the old instance, still on the old secret,
+    reads worker-state to tell a takeover from a timeout. It finds a snapshot it cannot
+    verify there, and must still say "fenced", not that the state was tampered with. It
+    is frozen while the new one takes over, so that the snapshot is there when it looks."""
+    prefix = unique("rotate-roll") + "."
+    create_all_topics(bootstrap, prefix, partitions=2)
+    old = WorkerProcess(bootstrap, prefix, tmp_path / "old.log")
+    new = None
+    try:
+        old.wait_ready()
+        produce(bootstrap, prefix + "events", [event(i) for i in range(200)])
+        wait_for_predictions(bootstrap, prefix, 200, 60)
+        os.killpg(old.proc.pid, signal.SIGSTOP)
+        new = WorkerProcess(bootstrap, prefix, tmp_path / "new.log",
+                            "--secret", "new-secret", "--previous-secret", SECRET)
+        new.wait_ready()
+        os.killpg(old.proc.pid, signal.SIGCONT)
+        code = old.proc.wait(60)
+        assert code == 1 and "fenced: another instance" in old.log(), old.log()[-2000:]
+        assert "signature" not in old.log(), old.log()[-2000:]
+        produce(bootstrap, prefix + "events", [event(i) for i in range(200, 300)])
+        assert wait_for_predictions(bootstrap, prefix, 300, 60) == Counter(f"e{i}" for i in range(300))
+    finally:
+        if old.proc.poll() is None:
+            os.killpg(old.proc.pid, signal.SIGCONT)
+        if new is not None:
+            assert new.stop() == 0, new.log()[-3000:]
 
 
 def produce_to(bootstrap: str, topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> None:

@@ -100,6 +100,16 @@ class KafkaCheckpoints:
             latest[msg.key()] = msg.value()
         return self.parse(latest)
 
+    def instance(self, client: Consumer) -> str | None:
+        """The id of the instance that started last, and nothing else: unlike :meth:`load`
+        it verifies no snapshot, so an instance that still has the old secret can tell that
+        a newer one, started with a new secret, took over."""
+        value = None
+        for msg in read_range(client, self.topic, 0, 0):
+            if msg.key() == b"instance":
+                value = msg.value()
+        return value.decode() if value is not None else None
+
     def parse(self, latest: dict[bytes, bytes | None]) -> Loaded:
         """What the topic's last record per key says to recover. The manifest is not signed
         (the snapshot and the progress records are): a foreign or damaged record is one

@@ -358,7 +358,7 @@ class Worker:
         deadline = time.monotonic() + wait_s
         try:
             while True:
-                if checkpoints.load(reader).instance != self.instance:
+                if checkpoints.instance(reader) != self.instance:
                     return True
                 if time.monotonic() > deadline:
                     return False
