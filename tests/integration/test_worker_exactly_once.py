@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -267,6 +268,41 @@ def test_an_instance_on_the_old_secret_knows_it_was_fenced_by_one_on_the_new(boo
             os.killpg(old.proc.pid, signal.SIGCONT)
         if new is not None:
             assert new.stop() == 0, new.log()[-3000:]
+
+
+def test_a_stop_during_the_replay_of_a_start_exits_at_once_and_the_next_start_replays(
+        bootstrap, unique, tmp_path):
+    """SIGTERM while a start replays the input since the last snapshot (seconds of it):
+    the worker stops replaying, exits 0 without becoming ready, and the next start
+    replays it all again; every event is served once."""
+    prefix = unique("stop-replay") + "."
+    create_all_topics(bootstrap, prefix, partitions=2)
+    rare_snapshots = ("--snapshot-interval-s", "3600")  # all the input after the start is replayed
+    first = WorkerProcess(bootstrap, prefix, tmp_path / "first.log", *rare_snapshots)
+    first.wait_ready()
+    produce(bootstrap, prefix + "events", [event(i) for i in range(60_000)])
+    wait_for_predictions(bootstrap, prefix, 60_000)
+    first.kill()
+
+    stopped = WorkerProcess(bootstrap, prefix, tmp_path / "stopped.log", *rare_snapshots)
+    wait_until(lambda: "restored engine" in stopped.log(), 120, "the restore before the replay")
+    began = time.monotonic()
+    stopped.proc.send_signal(signal.SIGTERM)
+    assert stopped.stop() == 0, stopped.log()[-3000:]
+    took = time.monotonic() - began
+    assert "stopped while recovering" in stopped.log() and "recovered: replayed" not in stopped.log(), \
+        stopped.log()[-3000:]
+
+    again = WorkerProcess(bootstrap, prefix, tmp_path / "again.log")
+    try:
+        again.wait_ready()
+        replayed = re.search(r"recovered: replayed \d+ input ranges in ([\d.]+)s", again.log())
+        assert replayed, again.log()[-3000:]
+        assert took < float(replayed[1]), f"the stop took {took:.1f} s, the whole replay {replayed[1]} s"
+        produce(bootstrap, prefix + "events", [event(i) for i in range(60_000, 60_100)])
+        assert wait_for_predictions(bootstrap, prefix, 60_100) == Counter(f"e{i}" for i in range(60_100))
+    finally:
+        assert again.stop() == 0, again.log()[-3000:]
 
 
 def produce_to(bootstrap: str, topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> None:

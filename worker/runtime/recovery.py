@@ -31,6 +31,11 @@ from worker.runtime.startup import OutputLimits, state_reader, wrong_secret
 log = logging.getLogger("worker.run")
 
 
+class StoppedRecovering(Exception):
+    """A stop came while the input since the last snapshot was being replayed: nothing of
+    this start is in hand, so the worker can exit at once (the next start replays again)."""
+
+
 @dataclass(frozen=True)
 class Recovered:
     """What a recovery rebuilt, and where the inputs continue."""
@@ -75,14 +80,16 @@ class Recovery:
         self.models = ModelsTopic(settings)
 
     def recover(self, producer: Any, checkpoints: KafkaCheckpoints | None, fresh: bool,
-                observer: Observer, on_engine: Callable[[Engine], None]) -> Recovered:
+                observer: Observer, on_engine: Callable[[Engine], None],
+                stopping: Callable[[], bool] = lambda: False) -> Recovered:
         """Rebuild the engine (from ``checkpoints``: exactly once; else from the local
         file); ``fresh`` ignores the stored state. ``on_engine`` is given the engine as
-        soon as it exists, before its input is replayed (/readyz then says "recovering")."""
+        soon as it exists, before its input is replayed (/readyz then says "recovering").
+        Raises :class:`StoppedRecovering` when ``stopping()`` turns true during the replay."""
         reader = state_reader(self.settings)
         try:
             if checkpoints is not None:
-                recovered = self._from_kafka(reader, checkpoints, producer, fresh, on_engine)
+                recovered = self._from_kafka(reader, checkpoints, producer, fresh, on_engine, stopping)
             else:
                 recovered = self._from_file(producer, fresh, on_engine)
         finally:
@@ -97,7 +104,7 @@ class Recovery:
         return recovered
 
     def _from_kafka(self, reader: Any, checkpoints: KafkaCheckpoints, producer: Any, fresh: bool,
-                    on_engine: Callable[[Engine], None]) -> Recovered:
+                    on_engine: Callable[[Engine], None], stopping: Callable[[], bool]) -> Recovered:
         loaded = checkpoints.load(reader)
         engine, handler, new_lineage = self._new_engine(loaded.snapshot, producer, fresh, on_engine)
         runs: list[Run] = [] if fresh else loaded.runs
@@ -108,7 +115,9 @@ class Recovery:
             spans[topic, partition] = (min(low, first), max(high, last))
         self._warn_deleted_spans(reader, spans)
         messages = kafka.read_spans(reader, spans) if spans else {}
-        for topic, partition, first, last in runs:
+        for topic, partition, first, last in runs:  # a run: one interval's input of one partition
+            if stopping():
+                raise StoppedRecovering()
             stored = messages[topic, partition]
             for offset in range(first, last + 1):
                 msg = stored.get(offset)  # gaps: transaction markers, aborted messages

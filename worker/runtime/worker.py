@@ -38,7 +38,7 @@ from worker.runtime.every import Every
 from worker.runtime.handler import Handler, batch_bytes
 from worker.runtime.inputs import Inputs
 from worker.runtime.process import freeze_what_is_there, install_stop_signals, version_label
-from worker.runtime.recovery import Recovery, prune_previous_engine
+from worker.runtime.recovery import Recovery, StoppedRecovering, prune_previous_engine
 from worker.runtime.run_settings import TXN_CALL_TIMEOUT_S, RunSettings
 
 log = logging.getLogger("worker.run")
@@ -151,8 +151,11 @@ class Worker:
             self._producer.begin_transaction()  # announce ourselves at once (see _taken_over)
             self._checkpoints.write_instance(self._producer, self.instance)
             self._producer.commit_transaction(TXN_CALL_TIMEOUT_S)
-        recovered = self._recovery.recover(self._producer, self._checkpoints, self._fresh, self.observer,
-                                           self._adopt_engine)
+        try:
+            recovered = self._recovery.recover(self._producer, self._checkpoints, self._fresh, self.observer,
+                                               self._adopt_engine, lambda: self.stopping)
+        except StoppedRecovering:
+            return  # not ready: run() ends with "stopped while recovering"
         self._handler = recovered.handler
         self._inputs.restart()
         self._committer.attach(self._producer, recovered.engine, recovered.handler,
