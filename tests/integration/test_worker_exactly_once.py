@@ -14,7 +14,7 @@ from collections import Counter
 
 import orjson
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from tests.integration.harness import (
@@ -303,6 +303,35 @@ def test_a_stop_during_the_replay_of_a_start_exits_at_once_and_the_next_start_re
         assert wait_for_predictions(bootstrap, prefix, 60_100) == Counter(f"e{i}" for i in range(60_100))
     finally:
         assert again.stop() == 0, again.log()[-3000:]
+
+
+def test_offsets_moved_back_by_hand_are_served_again_and_the_log_says_what_that_does(
+        bootstrap, unique, tmp_path):
+    """An operator moves the group's offsets back while the worker is stopped, to serve
+    input again: the worker says that it predicts it again and learns its labels twice."""
+    prefix = unique("moved-back") + "."
+    create_all_topics(bootstrap, prefix, partitions=1)
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log")
+    worker.wait_ready()
+    produce(bootstrap, prefix + "events", [event(i) for i in range(300)])
+    wait_for_predictions(bootstrap, prefix, 300, 60)
+    assert worker.stop() == 0, worker.log()[-3000:]
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    moved = ConsumerGroupTopicPartitions(prefix + "group", [TopicPartition(prefix + "events", 0, 100)])
+    for future in admin.alter_consumer_group_offsets([moved]).values():
+        future.result(timeout=30)
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        assert (f"{prefix}events[0]: the group's committed offset 100 is at or before 299, the last offset "
+                "the restored state has processed: were the offsets moved back by hand? Its 200 messages "
+                "from 100 on are processed again") in worker.log(), worker.log()[-3000:]
+        counts = wait_for_predictions(bootstrap, prefix, 500, 60)
+        assert counts == Counter({f"e{i}": 1 if i < 100 else 2 for i in range(300)})
+        assert status(bootstrap, prefix)["counts"]["labelled"] == 500, "as the warning says: learned twice"
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
 
 
 def produce_to(bootstrap: str, topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> None:

@@ -125,7 +125,9 @@ class Recovery:
                     handler.handle(msg, emit=False)
         if runs:
             log.info("recovered: replayed %d input ranges in %.1fs", len(runs), time.monotonic() - began)
-        return Recovered(engine, handler, self.inputs.committed(), new_lineage, None)
+        offsets = self.inputs.committed()
+        warn_moved_back(engine.positions, offsets)
+        return Recovered(engine, handler, offsets, new_lineage, None)
 
     def _warn_deleted_spans(self, reader: Any, spans: dict[tuple[str, int], tuple[int, int]]) -> None:
         """Input to replay that retention deleted first (the worker was down longer than the
@@ -196,6 +198,20 @@ class Recovery:
         finally:
             reader.close()
         return latest[1] if latest is not None else -math.inf
+
+
+def warn_moved_back(processed: dict[tuple[str, int], int], committed: dict[tuple[str, int], int]) -> None:
+    """Inputs resume from the group's committed offsets, which commit with the state: one
+    at or before an offset the restored state has processed was moved back by hand (to
+    serve input again). Say what that does, since the state has learned that input already."""
+    for (topic, partition), offset in sorted(committed.items()):
+        last = processed.get((topic, partition))
+        if last is not None and offset <= last:
+            log.warning("%s[%d]: the group's committed offset %d is at or before %d, the last offset the "
+                        "restored state has processed: were the offsets moved back by hand? Its %d messages "
+                        "from %d on are processed again: predicted again and their labels learned a second "
+                        "time; an event among them still waiting for its label is dead-lettered as a "
+                        "duplicate", topic, partition, offset, last, last - offset + 1, offset)
 
 
 def prune_previous_engine(handler: Handler, new_lineage: bool, models_topic: str) -> None:
