@@ -219,7 +219,7 @@ class Engine:
         if label is not None:
             self._learn(scored, label)
         elif early is not None:
-            self.observer.label_joined(True)
+            self.observer.label_joined()
             self._learn(scored, early.label)
 
         # positional (a third cheaper than keywords): id, served_by, model_version,
@@ -247,7 +247,7 @@ class Engine:
             except DuplicateIdError as e:
                 raise self._bad(f"label: {e}") from e
             return
-        self.observer.label_joined(True)
+        self.observer.label_joined()
         self._learn(scored, label.label)
 
     def _check_class(self, y: Any) -> None:

@@ -20,8 +20,9 @@ class Observer:
     def bad_input(self, reason: str) -> None:
         """An input was refused (duplicate id, the champion raised); it goes to the DLQ."""
 
-    def label_joined(self, delayed: bool) -> None:
-        """A label was matched with its event (``delayed``: it came on its own)."""
+    def label_joined(self) -> None:
+        """A label that came on its own was matched with its event (inline labels are not
+        reported: they are every labelled event that was not joined)."""
 
     def pending_evicted(self, kind: str, reason: str, count: int) -> None:
         """``count`` entries left a pending buffer unmatched (``kind``: "predictions"

@@ -65,8 +65,9 @@ class PrometheusObserver(Observer):
                             "the champion raised).", registry=r)
         self._dead_letters = Counter("worker_dead_letters_total", "Input messages written to the "
                                      "dead-letter topic.", registry=r)
-        self._joined = Counter("worker_labels_joined_total", "Labels matched with their event; "
-                               "delayed: the label came on its own.", ["delayed"], registry=r)
+        self._joined = Counter("worker_labels_joined_total", "Labels that came on their own (the labels "
+                               "topic) matched with their event; every label learned, inline or not, "
+                               "is in worker_labelled_events_total.", registry=r)
         self._evicted = Counter("worker_pending_evicted_total", "Pending entries dropped unmatched "
                                 "(kind: predictions awaiting labels, labels awaiting events; reason: age, "
                                 "they expired, or capacity, the buffer was full).", ["kind", "reason"],
@@ -85,8 +86,6 @@ class PrometheusObserver(Observer):
                                      "snapshot with its offsets.", buckets=CHECKPOINT_BUCKETS, registry=r)
         for served_by in ("champion", "challenger"):  # every series exists from the start, at 0
             self._drift.labels(served_by)
-        for delayed in ("true", "false"):
-            self._joined.labels(delayed)
         for kind in ("predictions", "labels"):
             for reason in ("age", "capacity"):
                 self._evicted.labels(kind, reason)
@@ -105,8 +104,8 @@ class PrometheusObserver(Observer):
     def bad_input(self, reason: str) -> None:
         self._bad.inc()
 
-    def label_joined(self, delayed: bool) -> None:
-        self._joined.labels("true" if delayed else "false").inc()
+    def label_joined(self) -> None:
+        self._joined.inc()
 
     def pending_evicted(self, kind: str, reason: str, count: int) -> None:
         self._evicted.labels(kind, reason).inc(count)
