@@ -104,6 +104,13 @@ def test_status_without_a_worker_exits_1_after_the_wait(bootstrap, unique, creat
     assert code == 1 and [line["command_id"] for line in lines] == [answer["command_id"]], (lines, stderr)
     assert wait_s <= elapsed < wait_s + SLACK_S, f"sent again: took {elapsed:.1f}s"
 
+    # the id of that status, given to a pause: the worker would skip the pause as a duplicate
+    code, lines, stderr, _ = control(bootstrap, prefix, "pause", wait_s, "--command-id", answer["command_id"])
+    line = one_line(stderr)
+    assert (code, lines) == (2, []), (code, lines, stderr)
+    assert f"--command-id {answer['command_id']} was used by a status command" in line, line
+    assert {m["type"] for m in json_values(read_all(bootstrap, control_topic))} == {"status"}, "no pause sent"
+
 
 def create_control(bootstrap: str, prefix: str) -> str:
     """Only the control topic, on ``bootstrap``: its name. (The admin client goes with the

@@ -94,6 +94,7 @@ def send_and_wait(admin_config: dict[str, Any], control_topic: str, command: Com
             except KafkaException as e:  # the broker went away since it answered the metadata request
                 raise BrokerLost(f"lost Kafka at {where} while looking for an earlier answer on "
                                  f"{control_topic}: {e.args[0].str()}; nothing was sent") from None
+            _check_same_command(earlier, command)
             if answers := _answers(earlier, command.command_id):
                 return answers
         delivered: list[Any] = []
@@ -140,6 +141,20 @@ def _earlier(reader: Any, topic: str, command_id: str) -> list[Any]:
         if _answered(found, command_id):
             break
     return found
+
+
+def _check_same_command(messages: list[Any], command: Command) -> None:
+    """A command id already used by a command of another type would make the worker skip
+    this one as a duplicate (and its answer would answer the other): refuse it."""
+    for msg in messages:
+        try:
+            obj = orjson.loads(msg.value())
+        except orjson.JSONDecodeError:
+            continue
+        if (isinstance(obj, dict) and obj.get("command_id") == command.command_id and "detail" not in obj
+                and obj.get("type") != command.type):
+            raise ConfigError(f"--command-id {command.command_id} was used by a {obj.get('type')} command: "
+                              f"a {command.type} under it would be skipped as a duplicate; give it a new id")
 
 
 def _answered(messages: list[Any], command_id: str) -> bool:
