@@ -325,8 +325,8 @@ def test_offsets_moved_back_by_hand_are_served_again_and_the_log_says_what_that_
     try:
         worker.wait_ready()
         assert (f"{prefix}events[0]: the group's committed offset 100 is at or before 299, the last offset "
-                "the restored state has processed: were the offsets moved back by hand? Its 200 messages "
-                "from 100 on are processed again") in worker.log(), worker.log()[-3000:]
+                "the restored state has processed: were the offsets moved back by hand? Offsets 100-299 "
+                "are processed again") in worker.log(), worker.log()[-3000:]
         counts = wait_for_predictions(bootstrap, prefix, 500, 60)
         assert counts == Counter({f"e{i}": 1 if i < 100 else 2 for i in range(300)})
         assert status(bootstrap, prefix)["counts"]["labelled"] == 500, "as the warning says: learned twice"

@@ -207,11 +207,11 @@ def warn_moved_back(processed: dict[tuple[str, int], int], committed: dict[tuple
     for (topic, partition), offset in sorted(committed.items()):
         last = processed.get((topic, partition))
         if last is not None and offset <= last:
-            log.warning("%s[%d]: the group's committed offset %d is at or before %d, the last offset the "
-                        "restored state has processed: were the offsets moved back by hand? Its %d messages "
-                        "from %d on are processed again: predicted again and their labels learned a second "
-                        "time; an event among them still waiting for its label is dead-lettered as a "
-                        "duplicate", topic, partition, offset, last, last - offset + 1, offset)
+            log.warning("%s[%d]: the group's committed offset %d is at or before %d, the last offset "
+                        "the restored state has processed: were the offsets moved back by hand? Offsets "
+                        "%d-%d are processed again: predicted again and their labels learned a second time; "
+                        "an event among them still waiting for its label is dead-lettered as a duplicate",
+                        topic, partition, offset, last, offset, last)
 
 
 def prune_previous_engine(handler: Handler, new_lineage: bool, models_topic: str) -> None:
