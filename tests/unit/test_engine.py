@@ -347,16 +347,16 @@ def test_eviction_by_count_is_counted_and_nothing_is_lost():
     for i in range(5):
         engine.process_label(Label(id=str(i), label=True))
     pending = engine.status()["pending"]
-    # 3 labels joined; the 2 whose predictions were evicted wait for their event
+    # 3 labels joined; the 2 whose predictions were evicted came late: counted, dropped
     assert engine.counts["labelled"] == 3 and pending["predictions_matched"] == 3
-    assert pending["labels"] == 2
+    assert pending["labels"] == 0 and pending["labels_late"] == 2
     # every event is joined, still pending, or counted as evicted
     kinds = ("predictions_matched", "predictions", "predictions_evicted_capacity")
     assert sum(pending[k] for k in kinds) == 5
-    for i in range(5, 9):
+    for i in range(5, 9):  # labels of events not seen (yet): they wait for them
         engine.process_label(Label(id=str(i), label=True))
     pending = engine.status()["pending"]
-    assert pending["labels"] == 3 and pending["labels_evicted_capacity"] == 3
+    assert pending["labels"] == 3 and pending["labels_evicted_capacity"] == 1 and pending["labels_late"] == 2
 
 
 def test_eviction_by_age_in_events_and_in_event_time():
@@ -371,8 +371,10 @@ def test_eviction_by_age_in_events_and_in_event_time():
     pending = engine.status()["pending"]
     assert pending["predictions"] == 0 and pending["predictions_evicted_age"] == 1
     assert pending["labels"] == 0 and pending["labels_evicted_age"] == 1
-    engine.process_label(Label(id="old", label=True))  # too late: it waits, never joins silently
-    assert engine.status()["pending"]["labels"] == 1
+    engine.process_label(Label(id="old", label=True))  # too late: counted as late, not kept
+    engine.process_label(Label(id="unknown", label=True))  # its event may still come: it waits
+    pending = engine.status()["pending"]
+    assert pending["labels_late"] == 1 and pending["labels"] == 1
 
     # by event time: the clock is the earlier of the last two, each entry dated by its own
     timed = Engine(EngineConfig(warmup_labels=5, pending_ttl=60.0))

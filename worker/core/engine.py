@@ -58,6 +58,7 @@ from worker.errors import CommandRejected, DuplicateIdError, RefusedInputError, 
 log = logging.getLogger(__name__)
 
 _REMEMBERED_COMMANDS = 100_000  # command ids kept for idempotency
+_REMEMBERED_EXPIRED = 10_000  # ids of evicted predictions kept to tell a late label from an unknown one
 DECISION_ISSUER, DECISION_PREFIX = "worker", "auto-"  # the engine's own decisions (_decide)
 
 
@@ -114,6 +115,8 @@ class Engine:
         self.arms: dict[str, Prequential] | None = None  # per served arm, once a split is set
         self.pending = PendingBuffer(config.pending_max, config.pending_ttl)  # awaiting labels
         self.early = PendingBuffer(config.pending_max, config.pending_ttl)  # awaiting events
+        self._expired: OrderedDict[str, None] = OrderedDict()  # predictions evicted last, by id
+        self.late_labels = 0  # labels that came after their prediction was evicted: dropped
         self.counts = dict.fromkeys(
             ("events", "labelled", "bad", "undecodable", "learn_errors", "shadow_errors", "promotions",
              "rollbacks", "resets"),
@@ -240,6 +243,11 @@ class Engine:
             self.positions[topic, partition] = offset
         scored = self.pending.pop(label.id)
         if scored is None:
+            if label.id in self._expired:  # too late: its event's features are gone
+                del self._expired[label.id]
+                self.late_labels += 1
+                self.observer.pending_evicted("labels", "late", 1)
+                return
             try:
                 stamp = self._clock() if label.ts is None else label.ts
                 self._evicted("labels", "capacity", self.early.put(label.id, label, stamp))
@@ -348,6 +356,12 @@ class Engine:
     def _evicted(self, kind: str, reason: str, evicted: list) -> None:
         if evicted:
             self.observer.pending_evicted(kind, reason, len(evicted))
+            if kind == "predictions":  # a label that comes for one of these is late, not unknown
+                expired = self._expired
+                for id_, _ in evicted:
+                    expired[id_] = None
+                while len(expired) > _REMEMBERED_EXPIRED:
+                    expired.popitem(last=False)
 
     def _bad(self, reason: str) -> RefusedInputError:
         self.counts["bad"] += 1
@@ -678,7 +692,8 @@ class Engine:
             "counts": dict(self.counts),
             "pending": {"predictions": len(self.pending), "labels": len(self.early),
                         **{f"predictions_{k}": v for k, v in self.pending.counters().items()},
-                        **{f"labels_{k}": v for k, v in self.early.counters().items()}},
+                        **{f"labels_{k}": v for k, v in self.early.counters().items()},
+                        "labels_late": self.late_labels},
             "test": self.test.summary() if self.test else None,
             "probation": self.probation.summary() if self.probation else None,
             "served": self.served.report(),
@@ -729,6 +744,8 @@ class Engine:
         self.counts.setdefault("shadow_errors", 0)
         self.__dict__.setdefault("_prev_ts", self._ts)  # before the clock took the last two event times
         self.__dict__.setdefault("_classes", set())  # before max_classes: counted from the restore on
+        self.__dict__.setdefault("_expired", OrderedDict())  # before late labels were told apart
+        self.__dict__.setdefault("late_labels", 0)
         for mv in self.registry:
             if mv.detector is not None and not isinstance(mv.detector, ErrorDetector):
                 mv.detector = ErrorDetector(mv.detector)

@@ -27,7 +27,8 @@ class Observer:
     def pending_evicted(self, kind: str, reason: str, count: int) -> None:
         """``count`` entries left a pending buffer unmatched (``kind``: "predictions"
         waiting for labels, or "labels" waiting for their event; ``reason``: "age", they
-        expired, or "capacity", the buffer was full)."""
+        expired, "capacity", the buffer was full, or, for a label, "late": it came after its
+        prediction was dropped, so it is dropped too instead of waiting)."""
 
     def lifecycle(self, event: LifecycleEvent) -> None:
         """A lifecycle event was emitted (promotion, rollback, drift, command answer)."""

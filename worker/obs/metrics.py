@@ -70,7 +70,8 @@ class PrometheusObserver(Observer):
                                "is in worker_labelled_events_total.", registry=r)
         self._evicted = Counter("worker_pending_evicted_total", "Pending entries dropped unmatched "
                                 "(kind: predictions awaiting labels, labels awaiting events; reason: age, "
-                                "they expired, or capacity, the buffer was full).", ["kind", "reason"],
+                                "they expired, capacity, the buffer was full, or late, a label that came "
+                                "after its prediction was dropped).", ["kind", "reason"],
                                 registry=r)
         self._lifecycle = Counter("worker_lifecycle_events_total", "Lifecycle events emitted, by type.",
                                   ["type"], registry=r)
@@ -86,9 +87,9 @@ class PrometheusObserver(Observer):
                                      "snapshot with its offsets.", buckets=CHECKPOINT_BUCKETS, registry=r)
         for served_by in ("champion", "challenger"):  # every series exists from the start, at 0
             self._drift.labels(served_by)
-        for kind in ("predictions", "labels"):
-            for reason in ("age", "capacity"):
-                self._evicted.labels(kind, reason)
+        for kind, reason in (("predictions", "age"), ("predictions", "capacity"), ("labels", "age"),
+                             ("labels", "capacity"), ("labels", "late")):
+            self._evicted.labels(kind, reason)
         for kind in sorted(LIFECYCLE_TYPES):
             self._lifecycle.labels(kind)
         ProcessCollector(registry=r)
