@@ -14,11 +14,13 @@ from tests.integration.harness import (
     WorkerProcess,
     committed_offsets,
     create_all_topics,
+    event,
     predicted_ids,
     produce,
     wait_until,
 )
 from tests.integration.test_worker_exactly_once import drifting_event, status_answer
+from worker.core import state
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +99,39 @@ def test_a_snapshot_that_cannot_be_written_is_retried_and_serving_goes_on(bootst
         code = worker.stop()
     assert code == 0, worker.log()[-3000:]
 
+
+
+def test_input_handled_before_the_worker_went_idle_is_snapshotted_one_interval_later(
+        bootstrap, unique, tmp_path):
+    """At least once, a snapshot was only due when input came in the commit interval: the
+    last input before a quiet spell stayed out of the snapshot until more came, and a
+    crash then served it again. Now it is saved one snapshot interval later: a kill -9
+    after that serves nothing twice."""
+    prefix = unique("alo-idle") + "."
+    create_all_topics(bootstrap, prefix, partitions=2)
+    folder = tmp_path / "state"
+    args = ("--guarantee", "at_least_once", "--state-dir", str(folder), "--snapshot-interval-s", "3")
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", *args)
+    worker.wait_ready()
+    produce(bootstrap, prefix + "events", [event(i) for i in range(100)])
+    wait_until(lambda: len(predicted_ids(bootstrap, prefix)) == 100, 60, "the first burst served")
+    produce(bootstrap, prefix + "events", [event(i) for i in range(100, 200)])  # then nothing more
+
+    def saved_events() -> int:
+        path = folder / f"{prefix}group.snapshot"
+        if not path.exists():
+            return 0
+        offsets = state.load(path.read_bytes(), (SECRET.encode(),))["offsets"]
+        return sum(o for (topic, _), o in offsets.items() if topic == prefix + "events")
+
+    wait_until(lambda: saved_events() == 200, 30, "a snapshot of both bursts while idle")
+    worker.kill()
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", *args)
+    try:
+        worker.wait_ready()
+        produce(bootstrap, prefix + "events", [event(200)])
+        served = wait_until(lambda: len(c := Counter(predicted_ids(bootstrap, prefix))) == 201 and c, 60,
+                            "the event after the restart served")
+        assert max(served.values()) == 1, "nothing served twice"
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]

@@ -63,7 +63,9 @@ class Committer:
         self._snapshot_events = 0  # engine's event count at the last snapshot
         self._learners_published = 0.0  # --role trainer: when models that learn were last published
         self._last_commit = 0.0
-        self._unsaved = False  # at_least_once: the last local snapshot failed (retried when idle too)
+        # input handled since the last snapshot: a snapshot is due once the interval is over,
+        # also when no input came since (at least once, it is not safe from a crash until then)
+        self._since_snapshot = False
         self._undelivered = 0  # at_least_once: outputs the producer could not deliver since the start
         # exactly_once: the commit of the previous transaction, on a helper thread (see commit)
         self._in_flight: kafka.InBackground | None = None
@@ -86,6 +88,7 @@ class Committer:
         self._producer, self._engine, self._handler = producer, engine, handler
         self._checkpoints = checkpoints
         self._snapshot_events = engine.counts["events"]
+        self._last_snapshot, self._since_snapshot = time.monotonic(), False  # the start's state is stored
 
     def _on_delivery(self, error: KafkaError | None, _msg: Any) -> None:
         if error is not None:
@@ -109,8 +112,9 @@ class Committer:
         every_events = self.settings.snapshot_interval_events
         events_since = engine.counts["events"] - self._snapshot_events
         now = time.monotonic()
+        self._since_snapshot = self._since_snapshot or bool(inputs.runs)
         snapshot_due = force_snapshot or (
-            (inputs.runs or self._unsaved)
+            self._since_snapshot
             and (now - self._last_snapshot >= self.settings.kafka.snapshot_interval_s
                  or engine.snapshot_requested
                  or (every_events and events_since >= every_events))
@@ -150,7 +154,7 @@ class Committer:
                     "group": self.settings.kafka.group}  # whose state: see startup.check_stored_state
             snapshot = engine.snapshot(self.settings.secret, self._checkpoints.snapshot_meta())
             self._checkpoints.write_snapshot(producer, snapshot, meta)
-            self._last_snapshot = time.monotonic()
+            self._last_snapshot, self._since_snapshot = time.monotonic(), False
             self._snapshot_events = engine.counts["events"]
             self.observer.observe_checkpoint(self._last_snapshot - began)
             log.debug("snapshot written in %.3fs", self._last_snapshot - began)
@@ -241,9 +245,9 @@ class Committer:
         except OSError as e:  # a full disk: go on serving; nothing is committed without a snapshot
             log.warning("cannot write the snapshot to %s (%s): offsets not committed, retrying at the next "
                         "snapshot interval", self._checkpoints.path, e)
-            self._last_snapshot, self._unsaved = time.monotonic(), True
+            self._last_snapshot = time.monotonic()
             return True
-        self._unsaved = False
+        self._since_snapshot = False
         if positions:
             self.inputs.consumer.commit(offsets=positions, asynchronous=False)
         self._on_committed()
