@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 
 import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from tests.integration.harness import (
     SECRET,
@@ -20,6 +22,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.test_worker_exactly_once import drifting_event, status_answer
+from tests.integration.test_worker_io import run_briefly, running, the_one_error_line
 from worker.core import state
 
 pytestmark = pytest.mark.slow
@@ -135,3 +138,38 @@ def test_input_handled_before_the_worker_went_idle_is_snapshotted_one_interval_l
         assert max(served.values()) == 1, "nothing served twice"
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
+
+
+def test_a_damaged_snapshot_file_is_named_with_the_way_out(bootstrap, unique, tmp_path):
+    prefix = unique("alo-damaged") + "."
+    create_all_topics(bootstrap, prefix, partitions=1)
+    folder = tmp_path / "state"
+    folder.mkdir()
+    path = folder / f"{prefix}group.snapshot"
+    path.write_bytes(b"not a snapshot at all")
+    code, stderr, _ = run_briefly("--bootstrap", bootstrap, "--topic-prefix", prefix,
+                                  "--group", f"{prefix}group", "--guarantee", "at_least_once",
+                                  "--state-dir", str(folder))
+    line = the_one_error_line(stderr)
+    assert code == 1 and f"cannot restore {path}: not a worker snapshot" in line and "--fresh" in line, line
+
+
+def test_input_deleted_before_a_restart_could_read_it_again_is_named(bootstrap, unique, tmp_path):
+    """At least once, a restart resumes from its snapshot's offsets; what retention (here
+    DeleteRecords) removed past them since is said, as exactly-once recovery says it."""
+    prefix = unique("alo-deleted") + "."
+    create_all_topics(bootstrap, prefix, partitions=1)
+    events = prefix + "events"
+    args = ("--guarantee", "at_least_once", "--state-dir", str(tmp_path / "state"))
+    with running(bootstrap, prefix, tmp_path / "worker.log", *args):
+        produce(bootstrap, events, [event(i) for i in range(100)])
+        wait_until(lambda: len(predicted_ids(bootstrap, prefix)) == 100, 60, "100 served")
+    produce(bootstrap, events, [event(i) for i in range(100, 200)])  # while it is down
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_records([TopicPartition(events, 0, 150)]).values():
+        future.result(timeout=30)
+    with running(bootstrap, prefix, tmp_path / "again.log", *args) as worker:
+        assert f"{events}[0] offsets 100-149 are gone (deleted by retention)" in worker.log(), worker.log()
+        served = wait_until(lambda: len(c := Counter(predicted_ids(bootstrap, prefix))) == 150 and c, 60,
+                            "the rest served")
+        assert set(served) == {f"e{i}" for i in (*range(100), *range(150, 200))}

@@ -91,7 +91,7 @@ class Recovery:
             if checkpoints is not None:
                 recovered = self._from_kafka(reader, checkpoints, producer, fresh, on_engine, stopping)
             else:
-                recovered = self._from_file(producer, fresh, on_engine)
+                recovered = self._from_file(reader, producer, fresh, on_engine)
         finally:
             reader.close()
         # Observed from here on: replayed input was counted when it was first processed.
@@ -129,18 +129,20 @@ class Recovery:
         warn_moved_back(engine.positions, offsets)
         return Recovered(engine, handler, offsets, new_lineage, None)
 
-    def _warn_deleted_spans(self, reader: Any, spans: dict[tuple[str, int], tuple[int, int]]) -> None:
-        """Input to replay that retention deleted first (the worker was down longer than the
-        topic keeps its messages) cannot be replayed: say so, the state lacks it."""
+    def _warn_deleted_spans(self, reader: Any, spans: dict[tuple[str, int], tuple[int, int | None]]) -> None:
+        """Input to replay (from ``first`` to ``last``; None: on from ``first``) that
+        retention deleted first (the worker was down longer than the topic keeps its
+        messages) cannot be replayed: say so, the state lacks it."""
         for (topic, partition), (first, last) in spans.items():
             tp = TopicPartition(topic, partition)
             low, _ = reader.get_watermark_offsets(tp, timeout=TXN_CALL_TIMEOUT_S, cached=False)
             if first < low:
                 log.warning("%s[%d] offsets %d-%d are gone (deleted by retention) and cannot be replayed: "
                             "the recovered state lacks what they held", topic, partition, first,
-                            min(last, low - 1))
+                            low - 1 if last is None else min(last, low - 1))
 
-    def _from_file(self, producer: Any, fresh: bool, on_engine: Callable[[Engine], None]) -> Recovered:
+    def _from_file(self, reader: Any, producer: Any, fresh: bool,
+                   on_engine: Callable[[Engine], None]) -> Recovered:
         settings = self.settings
         local = LocalCheckpoints(settings.state_dir, settings.kafka.group, settings.secrets)
         local.check_writable()
@@ -148,6 +150,13 @@ class Recovery:
             saved = None if fresh else local.load()
         except SignatureError as e:
             raise wrong_secret(settings, e, "stopping") from None
+        except SnapshotError as e:  # truncated, empty, not a snapshot
+            raise SnapshotError(f"cannot restore {local.path}: {e}; move it away or start with --fresh to "
+                                "start over (its state is lost: input resumes from the group's committed "
+                                "offsets)") from None
+        if saved:  # what the previous run handled after its offsets but retention deleted since
+            self._warn_deleted_spans(reader, {tp: (offset, None) for tp, offset in saved[1].items()
+                                              if tp[0] != self.topics.control})
         engine, handler, new_lineage = self._new_engine(saved[0] if saved else None, producer, fresh,
                                                         on_engine)
         offsets = saved[1] if saved else self.inputs.committed()
