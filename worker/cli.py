@@ -61,12 +61,20 @@ def engine_options(command):
 
 def load_document(config_path: str | None) -> dict:
     """The TOML file's tables ({} without a file); only [engine] and [run] are known."""
-    from worker.settings import check_keys, load_toml
+    from worker.core.config import check_keys
+    from worker.settings import load_toml
 
     if not config_path:
         return {}
     document = load_toml(Path(config_path))
     check_keys(document, {"engine", "run"}, f"the top level of {config_path}")
+    tables = {f"[{name}]": document[name] for name in ("engine", "run") if name in document}
+    if isinstance(document.get("run"), dict) and "kafka" in document["run"]:
+        tables["[run.kafka]"] = document["run"]["kafka"]
+    for where, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} in {config_path} must be a table of settings, "
+                              f"got {type(table).__name__}")
     return document
 
 
@@ -293,7 +301,7 @@ def connection(config_path: str | None, bootstrap: str | None, topic_prefix: str
 
 def run_table(config_path: str | None) -> dict:
     """The [run] table of the TOML file, its keys checked ({} without a file)."""
-    from worker.settings import check_keys
+    from worker.core.config import check_keys
 
     values = dict(load_document(config_path).get("run", {}))
     check_keys(values, RUN_KEYS, "[run]")

@@ -23,7 +23,6 @@ except for the keys the worker owns, which ``extra`` may not set at all (refused
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import tomllib
@@ -289,21 +288,3 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
 
 
-def check_keys(section: object, allowed: Iterable[str], where: str) -> None:
-    """Refuse a section that is not a table or has a key outside `allowed`.
-
-    `where` is how the message names the section, e.g. ``"[run]"``:
-
-    >>> check_keys({"bootstap": "x"}, {"bootstrap", "group"}, "[run]")
-    Traceback (most recent call last):
-    ...
-    worker.errors.ConfigError: unknown key 'bootstap' in [run] (did you mean 'bootstrap'?)
-    """
-    allowed = set(allowed)
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"{where} must be a table of settings, got {type(section).__name__}")
-    for key in section:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(sorted(allowed))})"
-            raise ConfigError(f"unknown key '{key}' in {where}{hint}")

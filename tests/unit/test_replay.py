@@ -216,6 +216,20 @@ def test_unknown_config_key_is_one_clear_line_and_exit_2(jsonl_file: Path, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("toml", "where"), [
+    ("engine = 5", "[engine]"), ("[engine]\npromotion = 5", "[engine.promotion]"),
+    ('run = "x"', "[run]"), ("[run]\nkafka = 3", "[run.kafka]"),
+])
+def test_a_setting_where_a_table_belongs_is_one_clear_line_and_exit_2(
+        jsonl_file: Path, tmp_path: Path, toml: str, where: str) -> None:
+    config = tmp_path / "worker.toml"
+    config.write_text(toml + "\n")
+    done = run_cli(jsonl_file, "--config", config, "--out", tmp_path / "out")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"{where} " in lines[0] and "must be a table of settings" in lines[0], lines[0]
+
+
 @pytest.mark.parametrize("spec", ["linear_model.NoSuchModel", "__import__('os').system('true')"])
 def test_bad_champion_spec_is_one_clear_line_and_exit_2(jsonl_file: Path, tmp_path: Path, spec: str) -> None:
     done = run_cli(jsonl_file, "--champion", spec, "--out", tmp_path / "out")

@@ -9,12 +9,12 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from worker.core.config import check_keys
 from worker.errors import ConfigError
 from worker.settings import (
     MAX_MESSAGE_BYTES,
     KafkaSettings,
     TopicNames,
-    check_keys,
     load_toml,
     parse_kafka_config,
 )

@@ -11,7 +11,8 @@ reads the environment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -93,10 +94,10 @@ class EngineConfig:
     def from_mapping(cls, values: Mapping[str, Any], where: str = "engine") -> EngineConfig:
         """Build from a mapping (a TOML table merged with CLI flags); ``promotion`` is a
         sub-table of :class:`PolicyConfig` fields."""
+        check_keys(values, {f.name for f in fields(cls)}, f"[{where}]")
         values = dict(values)
         promotion = values.pop("promotion", None) or {}
-        _check_keys(values, {f.name for f in fields(cls)} - {"promotion"}, where)
-        _check_keys(promotion, {f.name for f in fields(PolicyConfig)}, f"{where}.promotion")
+        check_keys(promotion, {f.name for f in fields(PolicyConfig)}, f"[{where}.promotion]")
         try:
             return cls(**values, promotion=PolicyConfig(**promotion))
         except TypeError as e:  # a value of the wrong type for a dataclass field
@@ -108,7 +109,21 @@ def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def _check_keys(values: Mapping[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in [{where}]; known keys: {', '.join(sorted(known))}")
+def check_keys(section: object, allowed: Iterable[str], where: str) -> None:
+    """Refuse a section that is not a table or has a key outside `allowed`.
+
+    `where` is how the message names the section, e.g. ``"[run]"``:
+
+    >>> check_keys({"bootstap": "x"}, {"bootstrap", "group"}, "[run]")
+    Traceback (most recent call last):
+    ...
+    worker.errors.ConfigError: unknown key 'bootstap' in [run] (did you mean 'bootstrap'?)
+    """
+    allowed = set(allowed)
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{where} must be a table of settings, got {type(section).__name__}")
+    for key in section:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(sorted(allowed))})"
+            raise ConfigError(f"unknown key '{key}' in {where}{hint}")
