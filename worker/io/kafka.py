@@ -7,6 +7,7 @@ design does (ARCHITECTURE.md §4).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,16 @@ FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.I
 
 class _OncePer(logging.Filter):
     """librdkafka repeats a failing connect every ~50 ms: let one line per kind through
-    every ``interval_s`` seconds."""
+    every ``interval_s`` seconds. A kind is the line with its numbers left out ("… failed
+    (after 3ms in state CONNECT)" repeats with other numbers); two different lines are two
+    kinds, even when they share a format (librdkafka's are all ``"%s [%s] %s"``).
+
+    >>> once = _OncePer(5.0)
+    >>> line = lambda text: logging.LogRecord("k", logging.WARNING, "", 0, "%s", (text,), None)
+    >>> [once.filter(line(t)) for t in ("connect failed after 1ms", "connect failed after 7ms",
+    ...                                 "limit of topic a", "limit of topic b")]
+    [True, False, True, True]
+    """
 
     def __init__(self, interval_s: float) -> None:
         super().__init__()
@@ -33,7 +43,7 @@ class _OncePer(logging.Filter):
         self._last: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        kind = f"{record.levelno}:{str(record.msg)[:12]}"
+        kind = f"{record.levelno}:{_DIGITS.sub('', record.getMessage())[:200]}"
         now = time.monotonic()
         if now - self._last.get(kind, -1e9) < self.interval_s:
             return False
@@ -41,6 +51,7 @@ class _OncePer(logging.Filter):
         return True
 
 
+_DIGITS = re.compile(r"\d+")
 log.addFilter(_OncePer(5.0))
 
 
