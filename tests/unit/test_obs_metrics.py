@@ -80,6 +80,17 @@ def test_counters_move_with_events(setup):
     assert value(after, "worker_served_accuracy", view="cumulative") == accuracy
 
 
+def test_a_label_the_model_cannot_learn_is_a_learn_error_not_bad_input(setup):
+    """The event was served: counted in worker_learn_errors_total only."""
+    _, observer, engine = setup
+    engine.process(event(0))
+    engine.process(event(1, label="UP"))  # a string label: LogisticRegression cannot learn it
+    samples = scrape(observer)
+    assert value(samples, "worker_learn_errors_total") == 1
+    assert value(samples, "worker_bad_input_total") == 0
+    assert value(samples, "worker_events_total", served_by="champion") == 2
+
+
 def test_versions_and_lifecycle_after_promote(setup):
     _, observer, engine = setup
     for i in range(60):

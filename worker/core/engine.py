@@ -349,8 +349,7 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - a model that cannot learn one event is reported, not fatal
             self.counts["learn_errors"] += 1
             self.learn_error = f"v{mv.version} could not learn: {type(e).__name__}: {e}"
-            self.observer.bad_input(self.learn_error)
-            return
+            return  # the event was served: not bad input (counts["learn_errors"] says it)
         mv.learned += 1
 
     def _evicted(self, kind: str, reason: str, evicted: list) -> None:

@@ -18,7 +18,8 @@ class Observer:
         """One event was scored and a prediction served by ``served_by``."""
 
     def bad_input(self, reason: str) -> None:
-        """An input was refused (duplicate id, the champion raised); it goes to the DLQ."""
+        """An input was refused (duplicate id, the champion raised); it goes to the DLQ. (A
+        model that cannot learn a served event is not bad input: ``counts["learn_errors"]``.)"""
 
     def label_joined(self) -> None:
         """A label that came on its own was matched with its event (inline labels are not

@@ -235,8 +235,10 @@ class Committer:
         offsets. An output that could not be delivered sends us back to the last snapshot
         (returns False)."""
         began = time.monotonic()
-        if self._flush() or self._undelivered:
-            log.warning("%d outputs not delivered: resuming from the last snapshot", self._undelivered)
+        waiting = self._flush()
+        if waiting or self._undelivered:
+            log.warning("%d outputs not delivered, %d still waiting after %.0f s: resuming from the last "
+                        "snapshot", self._undelivered, waiting, TXN_CALL_TIMEOUT_S)
             return False
         positions = self.inputs.processed_offsets()
         try:
