@@ -543,7 +543,7 @@ def test_a_scorer_whose_predictions_the_broker_refuses_serves_them_again_later(b
 def test_under_a_split_the_champion_serves_what_the_challenger_cannot_score(bootstrap, unique, tmp_path):
     """A challenger spec that does not take every event's features (here a string where it
     learned numbers): for those events a scorer serves the champion's prediction, as a
-    single worker does, and dead-letters nothing."""
+    single worker does, dead-letters nothing, and says so in its log."""
     prefix = unique("split-fallback") + "."
     create_all_topics(bootstrap, prefix, 1)
     trainer = WorkerProcess(bootstrap, prefix, tmp_path / "trainer.log", "--role", "trainer", "--policy",
@@ -566,6 +566,7 @@ def test_under_a_split_the_champion_serves_what_the_challenger_cannot_score(boot
         assert {served[f"e{i}"] for i in range(300, 340)} == {("champion", 1)}
         assert {served[f"e{i}"] for i in range(340, 350)} == {("challenger", 2)}
         assert read_all(bootstrap, prefix + "events.dlq") == []
+        assert "the challenger v2 could not score an event" in s1.log(), "said, not silent"
     finally:
         codes = [p.stop(60) for p in (trainer, s1) if p.proc.poll() is None]
     assert codes == [0, 0], [p.log()[-2000:] for p in (trainer, s1)]

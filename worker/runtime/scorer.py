@@ -63,6 +63,7 @@ log = logging.getLogger("worker.scorer")
 
 SESSION_TIMEOUT_MS = 10_000  # the group's session timeout for scorers (see Scorer.run)
 RETRY_S = 1.0  # between attempts to load a model while the broker does not answer
+CHALLENGER_ERRORS_EVERY_S = 60.0  # at most one warning a minute about a challenger that cannot score
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,8 @@ class Scorer:
         self._producer: Any = None
         self._consumer: Any = None
         self._gave_up = False  # stopped while the broker was away: no commit, no flush on close
+        self._challenger_errors = 0  # events the challenger could not score since the last warning
+        self._challenger_errors_said = -CHALLENGER_ERRORS_EVERY_S
 
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (commit, leave the group, exit) or a fatal error."""
@@ -376,12 +379,23 @@ class Scorer:
         if arm == "challenger":
             try:
                 return arm, served, served.model.predict_proba_one(event.features)
-            except Exception:  # noqa: BLE001 - the champion serves it
+            except Exception as e:  # noqa: BLE001 - the champion serves it
+                self._challenger_failed(served.version, e)
                 arm, served = "champion", self.feed.champion
         try:
             return arm, served, served.model.predict_proba_one(event.features)
         except Exception as e:  # noqa: BLE001 - a model error makes this event bad, not the scorer
             raise BadInputError(f"model raised {type(e).__name__}: {e}") from e
+
+    def _challenger_failed(self, version: int, error: Exception) -> None:
+        """Say, at most once a minute, that the challenger could not score (a spec that does
+        not take the events' features): the champion serving its share hides it otherwise."""
+        self._challenger_errors += 1
+        now = time.monotonic()
+        if now - self._challenger_errors_said >= CHALLENGER_ERRORS_EVERY_S:
+            log.warning("the challenger v%d could not score an event %d times (the champion served them); "
+                        "last: %s: %s", version, self._challenger_errors, type(error).__name__, error)
+            self._challenger_errors, self._challenger_errors_said = 0, now
 
     def _before_retry(self) -> None:
         """Between attempts of a commit the broker did not answer: stop waiting when told
