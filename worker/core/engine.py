@@ -712,7 +712,7 @@ class Engine:
 
     @classmethod
     def restore(cls, data: bytes, secret: bytes | str | Sequence[bytes | str],
-                config: EngineConfig | None = None, observer: Observer | None = None) -> Engine:
+                config: EngineConfig | None = None) -> Engine:
         """Rebuild an engine from :meth:`snapshot`, signed with ``secret`` or one of several
         (after a rotation). The restored models win over ``config``'s specs: a new
         challenger spec applies to the next challenger."""
@@ -724,8 +724,7 @@ class Engine:
                 log.info("challenger spec changed to %r: it applies to the next challenger created",
                          config.challenger_spec)
             engine.config = config
-        engine.observer = observer or Observer()
-        return engine
+        return engine  # with a no-op observer (__setstate__): the caller gives it its own
 
     def __getstate__(self) -> dict[str, Any]:
         values = self.__dict__.copy()

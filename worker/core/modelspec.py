@@ -1,8 +1,8 @@
 """Safe parser: a text spec such as ``"preprocessing.StandardScaler | linear_model.Perceptron"``
 becomes a fresh river object.
 
-Why: model and detector specs arrive from the CLI, the TOML config and Kafka control
-messages, i.e. from outside the process. They are therefore never given to ``eval``/``exec``
+Why: model and detector specs arrive from the CLI, the TOML config and the environment,
+i.e. from outside the process. They are therefore never given to ``eval``/``exec``
 and never resolved with ``getattr`` on arbitrary names. The spec is parsed with
 ``ast.parse(mode="eval")`` and only a whitelist of node types is walked:
 

@@ -147,8 +147,8 @@ def _parse(data: bytes) -> tuple[bytes, bytes, dict, bytes]:
 def read_meta(data: bytes) -> dict:
     """The header (versions, payload size, ``meta``) *without* verifying anything.
 
-    UNTRUSTED: for display only (``worker report``, error messages). Never base a
-    decision on it; :func:`load` verifies before use.
+    UNTRUSTED until :func:`verify` has accepted ``data``: base a decision on it only then
+    (recovery reads which progress records a snapshot covers this way, after verifying).
     """
     return _parse(data)[2]
 

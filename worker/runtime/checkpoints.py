@@ -49,7 +49,6 @@ class Loaded:
     after_progress: int = 0
     runs: list[Run] = field(default_factory=list)  # to replay, in order
     next_seq: int = 1
-    instance: str | None = None  # id of the instance that started last
     group: str | None = None  # the group whose snapshot it is (None: written before it was recorded)
 
 
@@ -121,7 +120,7 @@ class KafkaCheckpoints:
                                 "is another application writing to it?") from None
 
     def _recovery(self, live: dict[bytes, bytes]) -> Loaded:
-        loaded = Loaded(instance=live[b"instance"].decode() if b"instance" in live else None)
+        loaded = Loaded()
         progress = {int(k.split(b":")[1]): orjson.loads(v) for k, v in live.items()
                     if k.startswith(b"progress:")}
         signed = False  # the snapshot vouches that the progress records after it are signed
