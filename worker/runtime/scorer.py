@@ -229,6 +229,7 @@ class Scorer:
         self.engine = None  # none here: the /readyz and /metrics helpers look for one
         self.dead_letters = DeadLetters(self.topics.dlq)
         self._handled = 0  # messages in the open transaction
+        self._span_began = 0.0  # when the first of them was served
         self._topics_checked = 0.0  # when an unknown-topic error was last checked (_serve)
         # from the outputs' max.message.bytes, read in _check
         self._prediction_bytes = DEFAULT_MESSAGE_BYTES
@@ -332,9 +333,7 @@ class Scorer:
                 self._producer.begin_transaction()
                 return
             self.observer.observe_batch(time.monotonic() - began, len(messages))
-        began = time.monotonic()
         self._commit()
-        self.observer.observe_transaction(time.monotonic() - began)
 
     def _serve(self, msg: Message) -> None:
         if msg.error():
@@ -343,6 +342,8 @@ class Scorer:
                 self._check_not_deleted()
             log.warning("Kafka: %s", msg.error().str())
             return
+        if not self._handled:
+            self._span_began = time.monotonic()  # the first input of the open transaction
         self._handled += 1
         position = (msg.topic(), msg.partition(), msg.offset())
         try:
@@ -368,6 +369,8 @@ class Scorer:
             kafka.retrying(self._producer.commit_transaction, TXN_CALL_TIMEOUT_S, self._before_retry)
         except KafkaException as e:
             self._recover(e.args[0])
+        else:
+            self.observer.observe_transaction(time.monotonic() - self._span_began)
         self._handled = 0
         self._producer.begin_transaction()
 
