@@ -773,10 +773,10 @@ def copy_model(model: Any) -> Any:
     pickler = _Pickler(buffer)
     try:
         pickler.dump(model)
-        buffer.seek(0)
-        return _Unpickler(buffer, pickler.rngs).load()
-    except Exception:  # noqa: BLE001 - whatever pickling raises, deepcopy may still work
+    except (pickle.PicklingError, TypeError, AttributeError):  # what an unpicklable object raises
         return copy.deepcopy(model)
+    buffer.seek(0)
+    return _Unpickler(buffer, pickler.rngs).load()
 
 
 class _Pickler(pickle.Pickler):
