@@ -62,13 +62,14 @@ _SIG_HEX_LEN = 64  # sha256 digest in hex
 _MAX_HEADER = 1 << 20  # a header line is small; don't scan a 1 GiB garbage blob for "\n"
 
 
-def _key(secret: bytes | str) -> bytes:
+def secret_key(secret: bytes | str, what: str = "snapshot") -> bytes:
+    """The HMAC key: bytes, or text as the command line takes it (``--secret``, UTF-8)."""
     if isinstance(secret, str):
         secret = secret.encode("utf-8")
     if not isinstance(secret, bytes | bytearray):
-        raise ConfigError(f"the snapshot secret must be bytes or str, not {type(secret).__name__}")
+        raise ConfigError(f"the {what} secret must be bytes or str, not {type(secret).__name__}")
     if not secret:
-        raise ConfigError("an empty snapshot secret is refused: configure a snapshot secret")
+        raise ConfigError(f"an empty {what} secret is refused: configure a secret")
     return bytes(secret)
 
 
@@ -85,7 +86,7 @@ def dump(obj: Any, secret: bytes | str, *, meta: dict | None = None) -> bytes:
     ``meta`` (JSON-serialisable: offsets, created-at, engine version...) is stored in
     the header, covered by the signature, and readable without unpickling.
     """
-    key = _key(secret)
+    key = secret_key(secret)
     try:
         payload = pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
     except Exception as exc:
@@ -179,7 +180,7 @@ def verify(data: bytes, secret: bytes | str | Sequence[bytes | str]) -> None:
 
 def _verified(data: bytes, secret: bytes | str | Sequence[bytes | str]) -> tuple[dict, bytes]:
     """The header and payload of an intact snapshot signed with ``secret`` (or one of them)."""
-    keys = [_key(s) for s in (secret if isinstance(secret, list | tuple) else [secret])]
+    keys = [secret_key(s) for s in (secret if isinstance(secret, list | tuple) else [secret])]
     if not keys:
         raise ConfigError("no snapshot secret to verify with")
     signature, header_line, header, payload = _parse(data)

@@ -47,6 +47,7 @@ from typing import Any
 
 import orjson
 
+from worker.core.state import secret_key
 from worker.core.types import (
     COMMAND_TYPES,
     LIFECYCLE_TYPES,
@@ -343,7 +344,7 @@ def sign_command(fields: dict[str, Any], secret: bytes | str) -> str:
     >>> hmac.new(b"secret", body.encode("utf-8"), hashlib.sha256).hexdigest() == sign_command(cmd, b"secret")
     True
     """
-    return hmac.new(_secret(secret), _canonical(fields), hashlib.sha256).hexdigest()
+    return hmac.new(secret_key(secret, "command"), _canonical(fields), hashlib.sha256).hexdigest()
 
 
 def verify_command(raw: dict[str, Any], secret: bytes | Sequence[bytes]) -> bool:
@@ -698,15 +699,6 @@ def _scalar(v: Any) -> Any:
     if item is None:
         raise TypeError
     return item()
-
-
-def _secret(secret: bytes | str) -> bytes:
-    """The key: bytes, or text as the command line takes it (``--secret``, UTF-8)."""
-    if isinstance(secret, str):
-        secret = secret.encode()
-    if not isinstance(secret, bytes | bytearray) or not secret:
-        raise ConfigError("the command secret must be a non-empty string or bytes")
-    return bytes(secret)
 
 
 def _canonical(fields: dict[str, Any]) -> bytes:
