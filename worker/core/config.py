@@ -1,8 +1,8 @@
 """The engine's settings: one frozen object, validated once, handed to the engine.
 
 The CLI builds it from flags, `WORKER_*` variables and the `[engine]` table (with its
-`[engine.promotion]` sub-table) of a TOML file (:meth:`EngineConfig.from_mapping`); nothing inside the engine
-reads the environment.
+`[engine.promotion]` sub-table) of a TOML file (:meth:`EngineConfig.from_mapping`);
+nothing inside the engine reads the environment.
 
 >>> config = EngineConfig.from_mapping({"warmup_labels": 100, "promotion": {"alpha": 0.01}})
 >>> config.warmup_labels, config.promotion.alpha, config.challenger_init, config.policy

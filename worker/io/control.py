@@ -143,16 +143,23 @@ def _earlier(reader: Any, topic: str, command_id: str) -> list[Any]:
     return found
 
 
-def _check_same_command(messages: list[Any], command: Command) -> None:
-    """A command id already used by a command of another type would make the worker skip
-    this one as a duplicate (and its answer would answer the other): refuse it."""
+def _about(messages: Iterable[Any], command_id: str) -> Iterator[dict[str, Any]]:
+    """The control messages (decoded) that carry ``command_id``: copies of the command,
+    and lifecycle events (with a ``detail``) answering it."""
     for msg in messages:
         try:
             obj = orjson.loads(msg.value())
         except orjson.JSONDecodeError:
             continue
-        if (isinstance(obj, dict) and obj.get("command_id") == command.command_id and "detail" not in obj
-                and obj.get("type") != command.type):
+        if isinstance(obj, dict) and obj.get("command_id") == command_id:
+            yield obj
+
+
+def _check_same_command(messages: list[Any], command: Command) -> None:
+    """A command id already used by a command of another type would make the worker skip
+    this one as a duplicate (and its answer would answer the other): refuse it."""
+    for obj in _about(messages, command.command_id):
+        if "detail" not in obj and obj.get("type") != command.type:
             raise ConfigError(f"--command-id {command.command_id} was used by a {obj.get('type')} command: "
                               f"a {command.type} under it would be skipped as a duplicate; give it a new id")
 
@@ -160,13 +167,7 @@ def _check_same_command(messages: list[Any], command: Command) -> None:
 def _answered(messages: list[Any], command_id: str) -> bool:
     """Whether a copy of the command comes before a final answer to it."""
     sent = False
-    for msg in messages:
-        try:
-            obj = orjson.loads(msg.value())
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(obj, dict) or obj.get("command_id") != command_id:
-            continue
+    for obj in _about(messages, command_id):
         if "detail" not in obj:
             sent = True
         elif sent and obj.get("type") in FINAL:
@@ -195,12 +196,8 @@ def _await(reader: Any, topic: str, start: int, command_id: str, wait_s: float,
 def _answers(messages: Iterable[Any], command_id: str) -> list[dict[str, Any]] | None:
     """The lifecycle events answering ``command_id`` up to the final one, or None."""
     answers: list[dict[str, Any]] = []
-    for msg in messages:
-        try:
-            obj = orjson.loads(msg.value())
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and obj.get("command_id") == command_id and "detail" in obj:
+    for obj in _about(messages, command_id):
+        if "detail" in obj:
             answers.append(obj)
             if obj.get("type") in FINAL:
                 return answers

@@ -99,16 +99,6 @@ class KafkaCheckpoints:
             latest[msg.key()] = msg.value()
         return self.parse(latest)
 
-    def instance(self, client: Consumer) -> str | None:
-        """The id of the instance that started last, and nothing else: unlike :meth:`load`
-        it verifies no snapshot, so an instance that still has the old secret can tell that
-        a newer one, started with a new secret, took over."""
-        value = None
-        for msg in read_range(client, self.topic, 0, 0):
-            if msg.key() == b"instance":
-                value = msg.value()
-        return value.decode() if value is not None else None
-
     def parse(self, latest: dict[bytes, bytes | None]) -> Loaded:
         """What the topic's last record per key says to recover. The manifest is not signed
         (the snapshot and the progress records are): a foreign or damaged record is one
@@ -153,6 +143,18 @@ class KafkaCheckpoints:
         self.next_seq = loaded.next_seq
         return loaded
 
+
+
+def read_instance(client: Consumer, topic: str) -> str | None:
+    """The id of the instance that started last (:meth:`KafkaCheckpoints.write_instance`),
+    and nothing else: unlike :meth:`KafkaCheckpoints.load` it verifies no snapshot, so an
+    instance that still has the old secret can tell that a newer one, started with a new
+    secret, took over."""
+    value = None
+    for msg in read_range(client, topic, 0, 0):
+        if msg.key() == b"instance":
+            value = msg.value()
+    return value.decode() if value is not None else None
 
 def _run(run: list[Any]) -> Run:
     topic, partition, first, last = run

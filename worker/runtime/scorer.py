@@ -55,6 +55,7 @@ from worker.io.topics import (
     message_limits,
     require_topics,
 )
+from worker.runtime.every import Every
 from worker.runtime.handler import DeadLetters, batch_bytes, produce_prediction
 from worker.runtime.process import install_stop_signals, version_label
 from worker.runtime.run_settings import OFFSETS_TIMEOUT_S, PARTITIONS_CHECK_S, TXN_CALL_TIMEOUT_S, RunSettings
@@ -238,7 +239,7 @@ class Scorer:
         self._consumer: Any = None
         self._gave_up = False  # stopped while the broker was away: no commit, no flush on close
         self._challenger_errors = 0  # events the challenger could not score since the last warning
-        self._challenger_errors_said = -CHALLENGER_ERRORS_EVERY_S
+        self._challenger_errors_due = Every(CHALLENGER_ERRORS_EVERY_S, at_once=True)
 
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (commit, leave the group, exit) or a fatal error."""
@@ -394,11 +395,10 @@ class Scorer:
         """Say, at most once a minute, that the challenger could not score (a spec that does
         not take the events' features): the champion serving its share hides it otherwise."""
         self._challenger_errors += 1
-        now = time.monotonic()
-        if now - self._challenger_errors_said >= CHALLENGER_ERRORS_EVERY_S:
+        if self._challenger_errors_due.due():
             log.warning("the challenger v%d could not score an event %d times (the champion served them); "
                         "last: %s: %s", version, self._challenger_errors, type(error).__name__, error)
-            self._challenger_errors, self._challenger_errors_said = 0, now
+            self._challenger_errors = 0
 
     def _before_retry(self) -> None:
         """Between attempts of a commit the broker did not answer: stop waiting when told

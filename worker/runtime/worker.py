@@ -32,7 +32,7 @@ from worker.core.observer import Observer
 from worker.errors import Fenced, StoppedUncommitted, WorkerError
 from worker.io import kafka
 from worker.runtime import startup
-from worker.runtime.checkpoints import KafkaCheckpoints
+from worker.runtime.checkpoints import KafkaCheckpoints, read_instance
 from worker.runtime.committer import CommitFailed, Committer
 from worker.runtime.every import Every
 from worker.runtime.handler import Handler, batch_bytes
@@ -70,7 +70,7 @@ class Worker:
         self._status_due = Every(settings.status_interval_s)  # and one at each start (_start)
         # engine.counts["learn_errors"] / ["shadow_errors"] when last logged, and when
         self._errors_said = {"learn_errors": 0, "shadow_errors": 0}
-        self._errors_said_at = dict.fromkeys(self._errors_said, -LEARN_ERRORS_EVERY_S)
+        self._errors_due = {kind: Every(LEARN_ERRORS_EVERY_S, at_once=True) for kind in self._errors_said}
         self._unexplained_failures: list[float] = []  # when the producer failed fatally, not taken over
         self._last_consume_error = 0.0
         self._consumer = None  # events and labels (worker.obs.metrics reads its lag)
@@ -271,17 +271,17 @@ class Worker:
         not learn (labels of the wrong type, strings for a binary classifier, would
         otherwise show only in the metrics, as a model that never learns) or the challenger
         could not score (a spec that does not take the events' features)."""
-        now, engine = time.monotonic(), self.engine
+        engine = self.engine
         for kind, what, last in (
             ("learn_errors", "models could not learn a labelled event", engine.learn_error),
             ("shadow_errors", "the challenger or previous champion could not score an event (the champion "
                               "served it)", engine.shadow_error),
         ):
             errors, said = engine.counts[kind], self._errors_said[kind]
-            if errors > said and now - self._errors_said_at[kind] >= LEARN_ERRORS_EVERY_S:
+            if errors > said and self._errors_due[kind].due():
                 log.warning("%s %d times (%d since the state began); last: %s", what, errors - said, errors,
                             last)
-                self._errors_said[kind], self._errors_said_at[kind] = errors, now
+                self._errors_said[kind] = errors
 
     def _commit(self, force_snapshot: bool = False, wait: bool = False) -> None:
         """The committer's commit; at least once, outputs that were not delivered send the
@@ -357,11 +357,10 @@ class Worker:
         that timed out? A new instance commits its id to worker-state right after it
         fences us; while the id there is still ours after ``wait_s``, it was a timeout."""
         reader = startup.state_reader(self.settings)
-        checkpoints = KafkaCheckpoints(self.topics.worker_state, self.settings.secrets)
         deadline = time.monotonic() + wait_s
         try:
             while True:
-                if checkpoints.instance(reader) != self.instance:
+                if read_instance(reader, self.topics.worker_state) != self.instance:
                     return True
                 if time.monotonic() > deadline:
                     return False
