@@ -316,6 +316,9 @@ class Worker:
         if error.code() == kafka.STUCK:
             log.warning("%s: abandoning the producer, recovering with a new one", error.str())
             self._producer, self.ready = None, False  # a call is still blocked inside it: let it be
+            # the broker did not answer, perhaps before the client noticed it gone: a stop
+            # now asks it (_give_up) rather than take this for a clean stop
+            self.broker_unreachable = self._away_since_commit = True
             self._restart()
         elif kafka.is_fatal(error):
             group, txn_id = self.settings.kafka.group, self.settings.kafka.transactional_id
