@@ -468,6 +468,16 @@ def test_end_probation():
     assert v.outcome == "rollback"
 
 
+def test_probation_ends_early_once_the_new_champion_is_shown_better():
+    # confirmation: incumbent = previous champion, candidate = new champion
+    confirmation = strong_test()
+    v = decide_rollback(labels_since_promotion=300, test=weak_test(), config=CFG, confirmation=confirmation)
+    assert v.outcome == "end_probation"
+    assert v.reason.startswith("new champion better: evidence e=") and "after " in v.reason
+    v = decide_rollback(labels_since_promotion=300, test=weak_test(), config=CFG, confirmation=weak_test())
+    assert v.outcome == "keep"
+
+
 def test_should_reset_on_drift():
     g = CFG.grace
     assert should_reset_on_drift(labels_since_created=g, error_before=0.2, error_after=0.3, config=CFG)

@@ -128,6 +128,7 @@ class Engine:
         self.snapshot_requested = False
         self.test = None  # champion (incumbent) vs challenger (candidate)
         self.probation = None  # new champion (incumbent) vs previous champion (candidate)
+        self.confirmation = None  # the same pairs the other way round: ends the probation early
         self.champion_history: list[int] = []
         self._ts: float | None = None  # the last event time (lifecycle events carry it)
         self._prev_ts: float | None = None  # the one before: the pending buffers age by the earlier
@@ -316,7 +317,10 @@ class Engine:
         # so does the probation, the current champion against the previous one
         if (self.probation is not None and p is not None
                 and c[0] == champ.version and p[0] == prev.version):
-            self.probation.update(loss_c, 0 if p[1] is not None and p[1] == y else 1)
+            loss_p = 0 if p[1] is not None and p[1] == y else 1
+            self.probation.update(loss_c, loss_p)
+            if self.confirmation is not None:  # None in a probation restored from an older snapshot
+                self.confirmation.update(loss_p, loss_c)
 
         if self.learning:
             if chal is not None:
@@ -393,8 +397,11 @@ class Engine:
         labelled = self.counts["labelled"]
         if self.probation is not None:
             since = labelled - self._promoted_at
-            if since >= policy.probation or self.probation.rejected:
-                verdict = decide_rollback(labels_since_promotion=since, test=self.probation, config=policy)
+            confirmation = self.confirmation
+            confirmed = confirmation is not None and confirmation.rejected
+            if since >= policy.probation or self.probation.rejected or confirmed:
+                verdict = decide_rollback(labels_since_promotion=since, test=self.probation, config=policy,
+                                          confirmation=confirmation)
                 if verdict.outcome == "rollback":
                     self._decide("rollback", verdict, to_version=self._prev.version)
                     return
@@ -473,7 +480,7 @@ class Engine:
         old.detector = None
         old.roles.append("previous")
         self._take_role(new, "champion")
-        self.probation = self.config.promotion.new_test()
+        self.probation, self.confirmation = self.config.promotion.new_test(), self.config.promotion.new_test()
         self._promoted_at = self._transition_at = self.counts["labelled"]
         self.counts["promotions"] += 1
         self._emit("promoted", command.command_id, from_version=old.version, to_version=new.version,
@@ -501,7 +508,7 @@ class Engine:
         self.registry.reinstate(restored.version)  # first: retiring others must not push it out
         if self._prev is not None and self._prev is not restored:
             self.registry.retire(self._prev.version, keep_model=True)
-        self._prev = self.probation = None
+        self._prev = self.probation = self.confirmation = None
         bad.detector = None
         self.registry.retire(bad.version, keep_model=True)
         restored.detector = self._new_detector()
@@ -608,7 +615,7 @@ class Engine:
 
     def _end_probation(self) -> None:
         self.registry.retire(self._prev.version, keep_model=True)
-        self._prev = self.probation = None
+        self._prev = self.probation = self.confirmation = None
 
     def _former_champion(self) -> int | None:
         """The retained champion before the current one in the line of champions: a
@@ -744,6 +751,7 @@ class Engine:
         self.__dict__.setdefault("_classes", set())  # before max_classes: counted from the restore on
         self.__dict__.setdefault("_expired", OrderedDict())  # before late labels were told apart
         self.__dict__.setdefault("late_labels", 0)
+        self.__dict__.setdefault("confirmation", None)  # before probations could end early
         for mv in self.registry:
             if mv.detector is not None and not isinstance(mv.detector, ErrorDetector):
                 mv.detector = ErrorDetector(mv.detector)

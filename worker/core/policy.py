@@ -315,7 +315,8 @@ class PolicyConfig:
     - ``cooldown``: after any transition (promotion, rollback, reset), no automatic
       promotion for this many labelled events.
     - ``probation``: after a promotion the previous champion keeps scoring in shadow
-      for this many labelled events and may win a rollback.
+      for this many labelled events and may win a rollback (fewer, once the new
+      champion is shown better: :func:`decide_rollback`).
     - ``grace``: drift alarms on a challenger younger than this do not reset it.
     - ``loss``: per-event loss fed to the tests; only ``"zero_one"`` for now.
     """
@@ -405,13 +406,27 @@ def decide_rollback(
     labels_since_promotion: int,
     test: PairedTest,
     config: PolicyConfig,
+    confirmation: PairedTest | None = None,
 ) -> Verdict:
     """Roll back to the previous champion, keep the new one, or end the probation.
 
     ``test`` compares incumbent = the new champion with candidate = the previous
-    champion (scoring in shadow). While ``labels_since_promotion < probation``:
-    "rollback" iff the test rejects now, else "keep". Afterwards: "end_probation"
-    (the previous champion can stop scoring).
+    champion (scoring in shadow); ``confirmation`` the other way round. While
+    ``labels_since_promotion < probation``: "rollback" iff ``test`` rejects now;
+    "end_probation" iff ``confirmation`` does (the new champion is shown better, so
+    the previous one can stop scoring: on Elec2 that ends most probations within a
+    few hundred labels, and a third of the model work with them); else "keep".
+    Afterwards: "end_probation". Stopping an e-process early, for any reason, keeps
+    its guarantee: a not-worse new champion is still rolled back with probability
+    at most ``alpha``.
+
+    >>> cfg = PolicyConfig()
+    >>> new_wins = PairedTest()
+    >>> for i in range(300):  # the previous champion wrong on every 3rd event, the new one on every 5th
+    ...     new_wins.update(float(i % 3 == 0), float(i % 5 == 0))
+    >>> decide_rollback(labels_since_promotion=300, test=PairedTest(), config=cfg,
+    ...                 confirmation=new_wins).outcome
+    'end_probation'
     """
     stat = test.summary()
     if labels_since_promotion >= config.probation:
@@ -423,6 +438,12 @@ def decide_rollback(
             f"labels, mean loss difference {test.mean_diff:+.4f}"
         )
         return Verdict("rollback", reason, stat)
+    if confirmation is not None and confirmation.rejected:
+        reason = (
+            f"new champion better: evidence {_evidence(confirmation)} after {confirmation.n} "
+            f"paired labels, mean loss difference {confirmation.mean_diff:+.4f}"
+        )
+        return Verdict("end_probation", reason, stat)
     reason = f"probation: {labels_since_promotion}/{config.probation}; evidence {_evidence(test)}"
     return Verdict("keep", reason, stat)
 
