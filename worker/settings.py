@@ -46,6 +46,10 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _TOPIC_NAME_MAX = 249
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
 
+#: The one pass-through producer setting that confluent-kafka reads itself, and only as a
+#: bool (a string made the producer raise TypeError at start).
+PYTHON_FLAG = "delivery.report.only.error"
+
 # Keys of `extra` refused whatever the guarantee, and the setting to use instead.
 _OWNED_KEYS: dict[str, str] = {
     "bootstrap.servers": "set 'bootstrap' (--bootstrap) instead",
@@ -215,7 +219,10 @@ class KafkaSettings:
             }
         if batch_bytes is not None:
             config["batch.size"] = batch_bytes
-        return config | dict(self.extra)
+        config |= self.extra
+        if PYTHON_FLAG in config:  # confluent-kafka's own setting: a bool, not librdkafka's string
+            config[PYTHON_FLAG] = _flag(PYTHON_FLAG, config[PYTHON_FLAG])
+        return config
 
     def admin_config(self) -> dict[str, Any]:
         """Admin client (topic creation and checks)."""
@@ -249,6 +256,19 @@ def _librdkafka_value(key: str, value: object) -> str:
     raise ConfigError(
         f"Kafka setting '{key}' must be a string, number or boolean, got {type(value).__name__}"
     )
+
+
+def _flag(key: str, value: bool | str) -> bool:
+    """A pass-through boolean setting that the Python client (not librdkafka) reads.
+
+    >>> _flag("delivery.report.only.error", "False"), _flag("delivery.report.only.error", True)
+    (False, True)
+    """
+    if isinstance(value, bool):
+        return value
+    if value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"Kafka setting '{key}' must be true or false, got {value!r}")
 
 
 def parse_kafka_config(pairs: Iterable[str]) -> dict[str, str]:

@@ -107,6 +107,28 @@ def test_librdkafka_accepts_every_dict(guarantee):
     AdminClient({**s.admin_config(), "logger": quiet})
 
 
+@pytest.mark.parametrize(("given", "expected"), [("true", True), ("FALSE", False), (True, True)])
+def test_the_python_clients_own_flag_reaches_the_producer_as_a_bool(given, expected):
+    # confluent-kafka reads delivery.report.only.error itself and raised TypeError on the
+    # string that --kafka-config gives (a traceback at start instead of a running worker)
+    s = settings(bootstrap="127.0.0.1:1", extra={"delivery.report.only.error": given})
+    config = s.producer_config()
+    assert config["delivery.report.only.error"] is expected
+    quiet = logging.getLogger("test.settings.librdkafka")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    Producer({**config, "logger": quiet})
+    with pytest.raises(ConfigError, match="'delivery.report.only.error' must be true or false, got 'yes'"):
+        settings(extra={"delivery.report.only.error": "yes"}).producer_config()
+
+
+def test_a_setting_the_python_client_refuses_is_a_config_error():
+    from worker.io import kafka
+
+    with pytest.raises(ConfigError, match="invalid Kafka producer setting: .*delivery.report.only.error"):
+        kafka.producer({"bootstrap.servers": "127.0.0.1:1", "delivery.report.only.error": "true"})
+
+
 # ----------------------------------------------------------------------------- extra: precedence, refusal
 
 

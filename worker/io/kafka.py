@@ -71,6 +71,8 @@ def consumer(config: dict[str, Any]) -> Consumer:
         return Consumer({"logger": log, "error_cb": log_client_error, **config})
     except KafkaException as e:
         raise ConfigError(f"invalid Kafka consumer setting: {e.args[0].str()}") from None
+    except (TypeError, ValueError) as e:  # a setting the Python client reads itself
+        raise ConfigError(f"invalid Kafka consumer setting: {e}") from None
 
 
 def producer(config: dict[str, Any]) -> Producer:
@@ -78,6 +80,8 @@ def producer(config: dict[str, Any]) -> Producer:
         return Producer({"logger": log, "error_cb": log_client_error, **config})
     except KafkaException as e:
         raise ConfigError(f"invalid Kafka producer setting: {e.args[0].str()}") from None
+    except (TypeError, ValueError) as e:  # a setting the Python client reads itself
+        raise ConfigError(f"invalid Kafka producer setting: {e}") from None
 
 
 def reader(config: dict[str, Any]) -> Consumer:

@@ -203,6 +203,8 @@ def _admin(admin_config: dict[str, Any]) -> AdminClient:
         return AdminClient({"logger": log, **admin_config})
     except KafkaException as e:
         raise ConfigError(f"invalid Kafka client setting: {_describe(e.args[0])}") from None
+    except (TypeError, ValueError) as e:  # a setting the Python client reads itself
+        raise ConfigError(f"invalid Kafka client setting: {e}") from None
 
 
 def _metadata(admin: AdminClient, admin_config: dict[str, Any], timeout_s: float) -> ClusterMetadata:
