@@ -46,9 +46,9 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _TOPIC_NAME_MAX = 249
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
 
-#: The one pass-through producer setting that confluent-kafka reads itself, and only as a
-#: bool (a string made the producer raise TypeError at start).
-PYTHON_FLAG = "delivery.report.only.error"
+# The one pass-through producer setting that confluent-kafka reads itself, and only as a
+# bool (the string of --kafka-config made the producer raise TypeError at start).
+_PYTHON_CLIENT_BOOL = "delivery.report.only.error"
 
 # Keys of `extra` refused whatever the guarantee, and the setting to use instead.
 _OWNED_KEYS: dict[str, str] = {
@@ -220,8 +220,8 @@ class KafkaSettings:
         if batch_bytes is not None:
             config["batch.size"] = batch_bytes
         config |= self.extra
-        if PYTHON_FLAG in config:  # confluent-kafka's own setting: a bool, not librdkafka's string
-            config[PYTHON_FLAG] = _flag(PYTHON_FLAG, config[PYTHON_FLAG])
+        if _PYTHON_CLIENT_BOOL in config:
+            config[_PYTHON_CLIENT_BOOL] = _flag(_PYTHON_CLIENT_BOOL, config[_PYTHON_CLIENT_BOOL])
         return config
 
     def admin_config(self) -> dict[str, Any]:
@@ -258,17 +258,16 @@ def _librdkafka_value(key: str, value: object) -> str:
     )
 
 
-def _flag(key: str, value: bool | str) -> bool:
-    """A pass-through boolean setting that the Python client (not librdkafka) reads.
+def _flag(key: str, value: str) -> bool:
+    """A pass-through setting that the Python client, not librdkafka, reads as a bool.
 
-    >>> _flag("delivery.report.only.error", "False"), _flag("delivery.report.only.error", True)
+    >>> _flag("delivery.report.only.error", "False"), _flag("delivery.report.only.error", "true")
     (False, True)
     """
-    if isinstance(value, bool):
-        return value
-    if value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ConfigError(f"Kafka setting '{key}' must be true or false, got {value!r}")
+    word = value.strip().lower()
+    if word not in ("true", "false"):
+        raise ConfigError(f"Kafka setting '{key}' must be true or false, got {value!r}")
+    return word == "true"
 
 
 def parse_kafka_config(pairs: Iterable[str]) -> dict[str, str]:

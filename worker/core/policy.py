@@ -414,8 +414,8 @@ def decide_rollback(
     champion (scoring in shadow); ``confirmation`` the other way round. While
     ``labels_since_promotion < probation``: "rollback" iff ``test`` rejects now;
     "end_probation" iff ``confirmation`` does (the new champion is shown better, so
-    the previous one can stop scoring: on Elec2 that ends most probations within a
-    few hundred labels, and a third of the model work with them); else "keep".
+    the previous one can stop scoring: on Elec2 the share of events it scores drops
+    from 75 % to 33 %); else "keep".
     Afterwards: "end_probation". Stopping an e-process early, for any reason, keeps
     its guarantee: a not-worse new champion is still rolled back with probability
     at most ``alpha``.
