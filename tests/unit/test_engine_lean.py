@@ -110,6 +110,21 @@ def test_the_previous_champion_is_scored_for_the_probation_only():
     assert engine.registry[2].metrics.n == 60 - 40 + 30  # as challenger, then champion
 
 
+def test_a_probation_ends_with_a_lifecycle_event_that_says_why(elec):
+    engine = Engine(EngineConfig(**AUTO))  # probation: 200 labels at most
+    lifecycle = [e for _, events in drive(engine, inline(elec)) for e in events]
+    ended = [e for e in lifecycle if e.type == "probation_ended"]
+    promoted = {e.labelled: e.detail["from_version"] for e in lifecycle if e.type == "promoted"}
+    early = [e for e in ended if e.detail["reason"].startswith("new champion better: evidence e=")]
+    full = [e for e in ended if e.detail["reason"].startswith("probation over: 200/200")]
+    assert early and full and len(early) + len(full) == len(ended)  # measured: 14 and 5
+    for e in ended:  # it names the former champion that stops scoring, promoted at most 200 labels before
+        at = max(labelled for labelled in promoted if labelled <= e.labelled)
+        assert e.detail["previous"] == promoted[at] and e.labelled - at <= 200
+    assert all(e.detail["statistic"]["rejected"] for e in early)  # the confirmation's own test
+    assert all(e.labelled - max(p for p in promoted if p <= e.labelled) < 200 for e in early)
+
+
 def test_rollback_to_the_oldest_retained_version_with_a_full_retention():
     # Retiring the current champion must not push the rollback target out of retention.
     engine = warm_engine(retain_versions=1)

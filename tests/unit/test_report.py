@@ -195,6 +195,9 @@ def test_report_from_a_control_log(tmp_path: Path) -> None:
     assert data.summary["champion"] == engine.champion and data.summary["challenger"] == engine.challenger
     kinds = {m["type"] for m in data.markers}
     assert "promoted" in kinds and "drift_detected" in kinds
+    ended = [m for m in log if m["type"] == "probation_ended"]  # in the table, naming the former champion
+    assert ended and [e["text"] for e in data.events if e["type"] == "probation_ended"] == [
+        f"v{m['detail']['previous']} off probation" for m in ended]
     versions = {v["version"]: v for v in data.versions}
     assert set(versions) == {mv.version for mv in engine.registry}
     for mv in engine.registry:

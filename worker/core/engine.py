@@ -319,8 +319,7 @@ class Engine:
                 and c[0] == champ.version and p[0] == prev.version):
             loss_p = 0 if p[1] is not None and p[1] == y else 1
             self.probation.update(loss_c, loss_p)
-            if self.confirmation is not None:  # None in a probation restored from an older snapshot
-                self.confirmation.update(loss_p, loss_c)
+            self.confirmation.update(loss_p, loss_c)
 
         if self.learning:
             if chal is not None:
@@ -397,15 +396,15 @@ class Engine:
         labelled = self.counts["labelled"]
         if self.probation is not None:
             since = labelled - self._promoted_at
-            confirmation = self.confirmation
-            confirmed = confirmation is not None and confirmation.rejected
-            if since >= policy.probation or self.probation.rejected or confirmed:
+            if since >= policy.probation or self.probation.rejected or self.confirmation.rejected:
                 verdict = decide_rollback(labels_since_promotion=since, test=self.probation, config=policy,
-                                          confirmation=confirmation)
+                                          confirmation=self.confirmation)
                 if verdict.outcome == "rollback":
                     self._decide("rollback", verdict, to_version=self._prev.version)
                     return
                 if verdict.outcome == "end_probation":
+                    self._emit("probation_ended", previous=self._prev.version, reason=verdict.reason,
+                               statistic=verdict.statistic)
                     self._end_probation()
         if self._chal is None:
             return
@@ -751,7 +750,8 @@ class Engine:
         self.__dict__.setdefault("_classes", set())  # before max_classes: counted from the restore on
         self.__dict__.setdefault("_expired", OrderedDict())  # before late labels were told apart
         self.__dict__.setdefault("late_labels", 0)
-        self.__dict__.setdefault("confirmation", None)  # before probations could end early
+        if "confirmation" not in values:  # before probations could end early: from the probation's counts
+            self.confirmation = None if self.probation is None else self.probation.mirrored()
         for mv in self.registry:
             if mv.detector is not None and not isinstance(mv.detector, ErrorDetector):
                 mv.detector = ErrorDetector(mv.detector)

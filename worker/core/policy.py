@@ -208,6 +208,31 @@ class PairedTest:
         if self._rejected and self.first_rejection_n is None:
             self.first_rejection_n = self.n
 
+    def mirrored(self) -> PairedTest:
+        """The test of the same pairs with incumbent and candidate swapped, for 0/1 losses
+        (the engine's). Their wealth depends only on how many pairs each side won and how
+        many tied, so it is rebuilt from those counts (equal to the one updated pair by
+        pair up to float rounding); ``first_rejection_n`` is unknown unless it rejects now.
+
+        >>> t = PairedTest()
+        >>> for i in range(300):
+        ...     t.update(float(i % 5 == 0), float(i % 3 == 0))  # the candidate worse
+        >>> m, direct = t.mirrored(), PairedTest()
+        >>> for i in range(300):
+        ...     direct.update(float(i % 3 == 0), float(i % 5 == 0))
+        >>> m.rejected, direct.rejected, abs(m.log_e_value - direct.log_e_value) < 1e-9
+        (True, True, True)
+        """
+        out = PairedTest(self.alpha, self.margin, self.grid_size)
+        out.n, out.sum_diff = self.n, -self.sum_diff
+        out.candidate_better, out.incumbent_better = self.incumbent_better, self.candidate_better
+        ties = self.n - self.candidate_better - self.incumbent_better
+        out._log_k = [out.candidate_better * pos + out.incumbent_better * neg + ties * zero
+                      for pos, neg, zero in zip(out._row_pos, out._row_neg, out._row_zero, strict=True)]
+        out._rejected = out.n > 0 and out._crossed()
+        out.first_rejection_n = out.n if out._rejected else None
+        return out
+
     # -- reading -------------------------------------------------------------------
 
     def _crossed(self) -> bool:
@@ -351,7 +376,8 @@ class PolicyConfig:
 class Verdict:
     """One policy decision. ``outcome`` is "promote" / "keep" / "inconclusive" for
     promotion and "rollback" / "keep" / "end_probation" for rollback; ``reason`` is a
-    short human-readable explanation; ``statistic`` is ``PairedTest.summary()``."""
+    short human-readable explanation; ``statistic`` is ``PairedTest.summary()`` of the
+    test that decided."""
 
     outcome: str
     reason: str
@@ -443,7 +469,7 @@ def decide_rollback(
             f"new champion better: evidence {_evidence(confirmation)} after {confirmation.n} "
             f"paired labels, mean loss difference {confirmation.mean_diff:+.4f}"
         )
-        return Verdict("end_probation", reason, stat)
+        return Verdict("end_probation", reason, confirmation.summary())
     reason = f"probation: {labels_since_promotion}/{config.probation}; evidence {_evidence(test)}"
     return Verdict("keep", reason, stat)
 

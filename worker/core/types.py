@@ -75,6 +75,7 @@ LIFECYCLE_TYPES = frozenset(
         "drift_detected",
         "challenger_reset",
         "challenger_created",
+        "probation_ended",
         "command_applied",
         "command_rejected",
         "status_report",

@@ -14,7 +14,7 @@ from worker.obs.report_data import ReportData
 from worker.obs.report_format import value_text
 
 MARKER_TYPES = ("drift_detected", "promoted", "rolled_back", "challenger_reset")
-TABLE_TYPES = (*MARKER_TYPES, "challenger_created", "command_rejected")
+TABLE_TYPES = (*MARKER_TYPES, "challenger_created", "probation_ended", "command_rejected")
 MARKER_NAMES = {"drift_detected": "drift alarm", "promoted": "promotion", "rolled_back": "rollback",
                 "challenger_reset": "challenger reset"}
 # commands whose only trace is their answer: the table shows them applied
@@ -125,6 +125,8 @@ def _describe(kind: str | None, detail: dict[str, Any], event: dict[str, Any]) -
         return f"reset v{detail.get('version')}"
     if kind == "challenger_created":
         return f"v{detail.get('version')} created ({detail.get('init', '?')})"
+    if kind == "probation_ended":
+        return f"v{detail.get('previous')} off probation"
     if kind == "command_rejected":
         return f"{detail.get('command', '?')} rejected"
     if kind == "command_applied" and detail.get("command") in SETTINGS_COMMANDS:
