@@ -173,3 +173,38 @@ def test_input_deleted_before_a_restart_could_read_it_again_is_named(bootstrap, 
         served = wait_until(lambda: len(c := Counter(predicted_ids(bootstrap, prefix))) == 150 and c, 60,
                             "the rest served")
         assert set(served) == {f"e{i}" for i in (*range(100), *range(150, 200))}
+
+
+def test_offsets_the_group_refuses_leave_the_worker_serving(bootstrap, unique, tmp_path):
+    """At least once, the group's offsets are committed after each snapshot, which holds
+    them already. A commit the broker refuses — here because a consumer subscribed with
+    the worker's group id, so a commit from outside its generation is illegal; during an
+    outage because there is no coordinator — used to crash the worker with a traceback.
+    Now it is a warning, the worker goes on serving, and the offsets reach the group
+    with a later snapshot once the broker takes them."""
+    from confluent_kafka import Consumer
+
+    prefix = unique("alo-refused") + "."
+    create_all_topics(bootstrap, prefix, partitions=1)
+    worker = WorkerProcess(bootstrap, prefix, tmp_path / "worker.log", "--guarantee", "at_least_once",
+                           "--state-dir", str(tmp_path / "state"), "--snapshot-interval-s", "1")
+    intruder = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}group",
+                         "auto.offset.reset": "latest", "enable.auto.commit": False})
+    try:
+        worker.wait_ready()
+        intruder.subscribe([f"{prefix}labels"])
+        wait_until(lambda: intruder.poll(0.2) is None and bool(intruder.assignment()), 60,
+                   "the other consumer in the group")
+        produce(bootstrap, prefix + "events", [event(i) for i in range(100)])
+        wait_until(lambda: "not committed to the group" in worker.log(), 60, "the refused commit")
+        assert worker.proc.poll() is None, worker.log()[-3000:]
+        produce(bootstrap, prefix + "events", [event(i) for i in range(100, 200)])
+        wait_until(lambda: len(predicted_ids(bootstrap, prefix)) == 200, 60, "every event served")
+        intruder.close()
+        intruder = None
+        wait_until(lambda: committed_offsets(bootstrap, f"{prefix}group", prefix + "events", 1) == [200], 60,
+                   "the offsets committed once the group is free")
+    finally:
+        if intruder is not None:
+            intruder.close()
+        assert worker.stop() == 0, worker.log()[-3000:]

@@ -230,6 +230,21 @@ class Committer:
                 raise StoppedUncommitted()
         return left
 
+    def _commit_offsets(self, positions: list[TopicPartition]) -> bool:
+        """The group's offsets after an at-least-once snapshot; False when the broker
+        refused or could not take them (no coordinator while it is away). The snapshot
+        holds them already, and a restart resumes from it: only the group's view (its lag)
+        waits for the next snapshot's commit, so the worker goes on."""
+        if not positions:
+            return True
+        try:
+            self.inputs.consumer.commit(offsets=positions, asynchronous=False)
+        except KafkaException as e:
+            log.warning("offsets saved in the snapshot but not committed to the group (%s): "
+                        "committing them with the next snapshot", e.args[0].str())
+            return False
+        return True
+
     def _save_local(self) -> bool:
         """At-least-once checkpoint: every output delivered, then the snapshot, then the
         offsets. An output that could not be delivered sends us back to the last snapshot
@@ -250,9 +265,8 @@ class Committer:
             self._last_snapshot = time.monotonic()
             return True
         self._since_snapshot = False
-        if positions:
-            self.inputs.consumer.commit(offsets=positions, asynchronous=False)
-        self._on_committed()
+        if self._commit_offsets(positions):
+            self._on_committed()
         self._last_snapshot = time.monotonic()
         self._snapshot_events = self._engine.counts["events"]
         self.observer.observe_checkpoint(self._last_snapshot - began)
