@@ -54,22 +54,22 @@ def test_an_unreachable_broker_exits_2_within_the_wait_not_8_seconds(unique):
     8 s, for a new command and for one sent again by its id. The three run at once."""
     where = f"127.0.0.1:{free_port()}"
     prefix = unique("unreachable") + "."
-    # --wait 2 gives the broker MIN_CONNECT_S (3 s). Its margin is 4 s, not SLACK_S: at 8 s
-    # the bound would not tell the clamp from the former 8 s whatever --wait. The start-up
-    # it covers measured 0.3-0.9 s at a load of 5 on 2 cores.
-    short_bound = MIN_CONNECT_S + 4.0
-    cases = [  # (command and its arguments, --wait, the most it may take)
-        (("status",), 2.0, short_bound),
-        (("pause", "--command-id", "c-unreachable"), 2.0, short_bound),
-        (("promote",), 20.0, CONNECT_TIMEOUT_S + SLACK_S),  # a long --wait: the connect bound is capped
+    # --wait 2 gives the broker MIN_CONNECT_S (3 s), which the error line states; the time
+    # taken includes the process start-up, which took 4.2 s once in a full suite (a bound of
+    # 7 s failed at 7.2 s), so the clamp is told from the former 8 s by the line
+    cases = [  # (command and its arguments, --wait, the most it may take, the wait it states)
+        (("status",), 2.0, MIN_CONNECT_S + SLACK_S, MIN_CONNECT_S),
+        (("pause", "--command-id", "c-unreachable"), 2.0, MIN_CONNECT_S + SLACK_S, MIN_CONNECT_S),
+        # a long --wait: the connect bound is capped
+        (("promote",), 20.0, CONNECT_TIMEOUT_S + SLACK_S, CONNECT_TIMEOUT_S),
     ]
     with ThreadPoolExecutor(len(cases)) as pool:
         results = list(pool.map(lambda case: control(where, prefix, *case[0][:1], case[1], *case[0][1:]),
                                 cases))
-    for (args, wait_s, bound), (code, lines, stderr, elapsed) in zip(cases, results, strict=True):
+    for (args, wait_s, bound, stated), (code, lines, stderr, elapsed) in zip(cases, results, strict=True):
         line = one_line(stderr)
         assert (code, lines) == (2, []), (args, code, lines, stderr)
-        assert f"cannot reach Kafka at {where}" in line, line
+        assert f"cannot reach Kafka at {where}" in line and line.endswith(f"(waited {stated:g}s)"), line
         assert elapsed < bound, f"{args} --wait {wait_s:g}: took {elapsed:.1f}s (bound {bound:g}s): {line}"
 
 
