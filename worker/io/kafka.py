@@ -67,21 +67,22 @@ def log_client_error(error: KafkaError) -> None:
 
 
 def consumer(config: dict[str, Any]) -> Consumer:
-    try:
-        return Consumer({"logger": log, "error_cb": log_client_error, **config})
-    except KafkaException as e:
-        raise ConfigError(f"invalid Kafka consumer setting: {e.args[0].str()}") from None
-    except (TypeError, ValueError) as e:  # a setting the Python client reads itself
-        raise ConfigError(f"invalid Kafka consumer setting: {e}") from None
+    return _client(Consumer, "consumer", config)
 
 
 def producer(config: dict[str, Any]) -> Producer:
+    return _client(Producer, "producer", config)
+
+
+def _client(cls: type, kind: str, config: dict[str, Any]) -> Any:
+    """A client of ``config``, or one ConfigError line naming what it refused: librdkafka's
+    own error, or the Python client's for the settings it reads itself."""
     try:
-        return Producer({"logger": log, "error_cb": log_client_error, **config})
+        return cls({"logger": log, "error_cb": log_client_error, **config})
     except KafkaException as e:
-        raise ConfigError(f"invalid Kafka producer setting: {e.args[0].str()}") from None
-    except (TypeError, ValueError) as e:  # a setting the Python client reads itself
-        raise ConfigError(f"invalid Kafka producer setting: {e}") from None
+        raise ConfigError(f"invalid Kafka {kind} setting: {e.args[0].str()}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid Kafka {kind} setting: {e}") from None
 
 
 def reader(config: dict[str, Any]) -> Consumer:
